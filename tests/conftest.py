@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random-init models, generated images, the real-data location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS
+
+
+def make_image(height: int = 96, width: int = 128, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A textured random image of the given size and PIL mode."""
+    rng = np.random.default_rng(seed)
+    base = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+    return Image.fromarray(base).convert(mode)
+
+
+@pytest.fixture
+def rgb_image() -> Image.Image:
+    return make_image()

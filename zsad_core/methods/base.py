@@ -1,0 +1,219 @@
+"""The detector interface every method implements: prepare once per category, detect many images.
+
+A method subclasses :class:`Detector` and implements two things:
+
+- ``_prepare_text(class_name, prompts)``: build the text side for a category (usually cached
+  text anchors) and return it; the base class keeps it.
+- ``predict(pixels, text)``: pure torch on a normalised (B, 3, S, S) batch, returning a
+  :class:`Prediction` with image scores and smoothed S x S maps.
+
+The base class does everything else the same way for every method, so maps are comparable:
+decoding (:mod:`zsad_core.preprocess`), batching, resizing maps back to each input's own size
+(:mod:`zsad_core.postprocess`), timings and the result type. Methods never read files, never import
+a UI and never pick colours.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..backbone import ClipBackbone
+from ..postprocess import resize_map
+from ..preprocess import ImageInput, images_to_batch, load_image
+from ..prompts import PromptSet
+from ..types import AnomalyResult, MethodInfo
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings shared by every method; each method's config adds its own (paper defaults).
+
+    Attributes:
+        model: backbone model string (see :mod:`zsad_core.backbone`).
+        image_size: input side S in pixels.
+        quick_gelu: run the image and text towers with QuickGELU (see methods.md §1.1).
+        sigma: Gaussian smoothing of the S x S map, in pixels (0 = none).
+        batch_size: images per forward pass in :meth:`Detector.detect`.
+    """
+
+    model: str
+    image_size: int
+    quick_gelu: bool = False
+    sigma: float = 4.0
+    batch_size: int = 8
+
+    def replace(self, **changes: Any) -> MethodConfig:
+        """A copy with ``changes``; unknown names raise ``TypeError`` listing the valid ones."""
+        valid = {f.name for f in fields(self)}
+        unknown = set(changes) - valid
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no setting(s) {sorted(unknown)}; valid settings: {sorted(valid)}"
+            )
+        return replace(self, **changes)
+
+
+@dataclass
+class Prediction:
+    """Batch output of :meth:`Detector.predict`.
+
+    Attributes:
+        scores: (B,) image scores.
+        maps: (B, S, S) float32 anomaly maps at the model input size, smoothed.
+        extras: name -> (B,) per-image values worth reporting (method specific).
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    """What :meth:`Detector.prepare` produced for one category."""
+
+    category: str
+    prompts: PromptSet
+    features: Any
+
+
+class Detector(ABC):
+    """Base class of all methods. Build one with :func:`zsad_core.create_detector`."""
+
+    method_id: ClassVar[str]
+    info: ClassVar[MethodInfo]
+    config_class: ClassVar[type[MethodConfig]]
+    default_prompts: ClassVar[PromptSet]
+
+    def __init__(self, config: MethodConfig, backbone: ClipBackbone) -> None:
+        self.config = config
+        self.backbone = backbone
+        self._prepared: PreparedText | None = None
+
+    def __repr__(self) -> str:
+        category = self._prepared.category if self._prepared else None
+        return f"{type(self).__name__}(model={self.config.model!r}, size={self.config.image_size}, category={category!r})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def category(self) -> str | None:
+        return self._prepared.category if self._prepared else None
+
+    @property
+    def prompts(self) -> PromptSet | None:
+        return self._prepared.prompts if self._prepared else None
+
+    # ------------------------------------------------------------------------------------ prepare
+    def prepare(
+        self,
+        category: str,
+        prompts: PromptSet | None = None,
+        *,
+        normal_states: Sequence[str] | None = None,
+        abnormal_states: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Detector:
+        """Build the text side for ``category`` (the class name put into prompts, e.g. "bottle").
+
+        Args:
+            category: object or texture name as it should read in a sentence.
+            prompts: a full prompt set; defaults to the method's paper prompts.
+            normal_states, abnormal_states, templates: replace just that part of the prompts.
+        Returns:
+            self, so ``create_detector("winclip").prepare("bottle").detect(image)`` reads naturally.
+        """
+        base = prompts if prompts is not None else self.default_prompts
+        prompts = base.with_overrides(normal_states, abnormal_states, templates)
+        features = self._prepare_text(category, prompts)
+        self._prepared = PreparedText(category=" ".join(category.split()), prompts=prompts, features=features)
+        return self
+
+    @abstractmethod
+    def _prepare_text(self, class_name: str, prompts: PromptSet) -> Any:
+        """Compute (or fetch from the cache) the text features for a category."""
+
+    # ------------------------------------------------------------------------------------- detect
+    @abstractmethod
+    def predict(self, pixels: torch.Tensor, text: Any) -> Prediction:
+        """Score a normalised batch.
+
+        Args:
+            pixels: (B, 3, S, S) float32 batch on the backbone's device.
+            text: what ``_prepare_text`` returned.
+        """
+
+    @torch.no_grad()
+    def detect(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
+    ) -> AnomalyResult | list[AnomalyResult]:
+        """Anomaly score and map for one image, or a list of results for a sequence of images.
+
+        Args:
+            images: a path, bytes, PIL image or (H, W[, C]) array, or a list of them.
+            batch_size: images per forward pass (default: the config's).
+        Returns:
+            :class:`AnomalyResult` (or a list), each map at its input image's own resolution.
+        Raises:
+            RuntimeError: :meth:`prepare` was not called.
+            zsad_core.preprocess.ImageError: an image cannot be decoded.
+        """
+        prepared = self._prepared  # read once: a concurrent prepare() must not mix categories
+        if prepared is None:
+            raise RuntimeError(f"{self.method_id}: call prepare(category) before detect()")
+        single = isinstance(images, (str, bytes, Image.Image, np.ndarray)) or hasattr(images, "__fspath__")
+        items = [images] if single else list(images)
+        batch_size = batch_size or self.config.batch_size
+        results: list[AnomalyResult] = []
+        mean, std = self.backbone.mean_std
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            began = time.perf_counter()
+            decoded = [load_image(item) for item in chunk]
+            pixels, sizes = images_to_batch(decoded, self.config.image_size, mean, std)
+            pixels = pixels.to(self.device)
+            prepared_at = time.perf_counter()
+            prediction = self.predict(pixels, prepared.features)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            predicted_at = time.perf_counter()
+            for index, size in enumerate(sizes):
+                model_map = np.asarray(prediction.maps[index], dtype=np.float32)
+                results.append(
+                    AnomalyResult(
+                        score=float(prediction.scores[index]),
+                        anomaly_map=resize_map(model_map, size),
+                        method=self.method_id,
+                        category=prepared.category,
+                        model_map=model_map,
+                        extras={name: float(values[index]) for name, values in prediction.extras.items()},
+                    )
+                )
+            finished_at = time.perf_counter()
+            share = 1.0 / len(chunk)
+            for result in results[-len(chunk) :]:
+                result.timings = {
+                    "preprocess": (prepared_at - began) * share,
+                    "model": (predicted_at - prepared_at) * share,
+                    "postprocess": (finished_at - predicted_at) * share,
+                    "total": (finished_at - began) * share,
+                }
+        return results[0] if single else results
+
+    # ------------------------------------------------------------------------------ dataset level
+    def dataset_scores(self, results: Sequence[AnomalyResult]) -> np.ndarray:
+        """Image scores for a whole test set, as the paper's evaluation computes them.
+
+        The default is each result's own score; methods whose paper normalises over the test set
+        (SDP, SDP+) override this. Evaluation calls it once per category.
+        """
+        return np.array([result.score for result in results], dtype=np.float64)

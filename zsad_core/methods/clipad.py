@@ -1,0 +1,275 @@
+"""CLIP-AD (Chen et al., "CLIP-AD: A Language-Guided Staged Dual-Path Model for Zero-shot Anomaly
+Detection", arXiv 2311.00453; code: ByChelsea/CLIP-AD).
+
+Parts implemented here:
+
+- **Representative Vector Selection (RVS)**: the normal and abnormal sentence embeddings (9 and 10
+  states x 22 templates) are L2-normalised and reduced to one representative vector each by
+  ``mean``, ``pca``, ``kde``, ``dbscan`` (the official scripts' choice: the mean of the largest
+  DBSCAN cluster, eps 0.5 and 15 samples; eps 1.5 and 25 samples on VisA) or ``mean_shift``.
+- **SDP**, the training-free Staged Dual-Path model:
+
+  *Architecture surgery.* Beside the unchanged CLIP forward (the "original" path) every block also
+  computes a v-v self-attention ``softmax(v v^T / sqrt(d_head)) v`` with the block's own weights
+  and out-projection. The surgery path adds these outputs up with no residual and no MLP, and is
+  reset at the first block of each of 4 stages (taps ``n_layers // 4 * (1, 2, 3, 4)``, i.e.
+  3/6/9/12 on ViT-B-16+). At each stage end its tokens, with the class token taken from the
+  original path, go through ``ln_post`` and ``proj``.
+
+  *Feature surgery.* Per stage, with normalised features F and anchors T: class weights
+  ``w = softmax(F_cls T) / mean``, the element-wise products ``F * T_c * w_c``, minus their mean
+  over the two classes, summed over channels. The four stages are summed. The abnormal channel on
+  the patch grid, upsampled bilinearly (``align_corners=False``) to S and smoothed with sigma 8, is
+  the map (a signed similarity, within +-4, usually near 0).
+
+  *Image score.* The paper fuses ``p_cls = softmax(100 F_cls T)[abnormal]`` and the map maximum
+  ``p_max`` after min-max normalising each over the whole test set of a category; that needs a
+  test set, so :meth:`SDP.dataset_scores` does it in evaluation. A single image gets a documented
+  stand-in instead: ``0.5 p_cls + 0.5 sigmoid(p_max / map_score_scale)`` (``map_score_scale`` is a
+  fixed constant, not calibrated on data; its ranking differs from the paper's score).
+
+Faithfulness notes (see methods.md §3.7):
+
+- The official dual path adds attention residuals to the original path in place, so the original
+  tokens stored at a stage end also receive the *next* block's attention residual before they are
+  read. This shifts the class token used in stages 1-3 (and SDP+'s features). ``reference_aliasing``
+  (default True) reproduces it; False gives the clean stage-end tokens.
+- The official code rounds RVS vectors to fp16; this implementation keeps fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backbone import ClipBackbone
+from ..postprocess import gaussian_smooth, upsample_patch_maps
+from ..prompts import CLIPAD_PROMPTS, PromptSet, reduce_mean_normalized, register_reducer, text_anchors
+from ..registry import register_method
+from ..types import AnomalyResult, MethodInfo
+from .base import Detector, MethodConfig, Prediction
+
+RVS_METHODS = ("mean", "pca", "kde", "dbscan", "mean_shift")
+
+
+# -------------------------------------------------------------------------------------------- RVS
+def _largest_cluster_mean(data: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    clustered = labels[labels >= 0]
+    if clustered.size == 0:  # everything is noise: fall back to the plain mean
+        return data.mean(0)
+    return data[labels == np.bincount(clustered).argmax()].mean(0)
+
+
+def representative_vector(
+    embeddings: torch.Tensor, method: str = "dbscan", eps: float = 0.5, min_samples: int = 15
+) -> torch.Tensor:
+    """CLIP-AD's Representative Vector Selection.
+
+    Args:
+        embeddings: (P, D) sentence embeddings of one class (normal or abnormal), any norm.
+        method: one of :data:`RVS_METHODS`.
+        eps, min_samples: DBSCAN parameters.
+    Returns:
+        (D,) unit vector.
+    """
+    unit = F.normalize(embeddings.float(), dim=-1)
+    if method == "mean":
+        return reduce_mean_normalized(unit)
+    data = unit.cpu().double().numpy()
+    if method == "pca":
+        centred = data - data.mean(0)
+        direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+        vector = direction if direction @ data.mean(0) >= 0 else -direction
+    elif method == "kde":
+        from sklearn.neighbors import KernelDensity
+
+        density = np.exp(KernelDensity(kernel="gaussian", bandwidth=0.3).fit(data).score_samples(data))
+        vector = (density[:, None] * data).sum(0) / density.sum()
+    elif method == "dbscan":
+        from sklearn.cluster import DBSCAN
+
+        vector = _largest_cluster_mean(data, DBSCAN(eps=eps, min_samples=min_samples).fit(data).labels_)
+    elif method == "mean_shift":
+        from sklearn.cluster import MeanShift
+
+        vector = _largest_cluster_mean(data, MeanShift(bandwidth=2).fit(data).labels_)
+    else:
+        raise ValueError(f"unknown RVS method {method!r}; choose from {RVS_METHODS}")
+    return F.normalize(torch.from_numpy(vector).float(), dim=-1).to(embeddings.device)
+
+
+def rvs_reducer_name(method: str, eps: float, min_samples: int) -> str:
+    """Register (once) and return the text-reducer name for an RVS setting."""
+    name = f"rvs-{method}" if method != "dbscan" else f"rvs-dbscan-eps{eps}-min{min_samples}"
+    register_reducer(name, functools.partial(representative_vector, method=method, eps=eps, min_samples=min_samples))
+    return name
+
+
+# ------------------------------------------------------------------------------ staged dual path
+@dataclass
+class DualPathOutput:
+    """Per-stage outputs of :func:`staged_dual_path`.
+
+    Attributes:
+        surgery: per stage, (B, 1+N, D) projected surgery-path tokens (CLS from the original path).
+        original: per stage, (B, 1+N, C) original-path residual tokens at the stage end (as the
+            reference stores them when ``reference_aliasing``).
+    """
+
+    surgery: list[torch.Tensor]
+    original: list[torch.Tensor]
+
+
+def staged_dual_path(
+    backbone: ClipBackbone, pixels: torch.Tensor, stage_ends: Sequence[int], reference_aliasing: bool = True
+) -> DualPathOutput:
+    """Run the original CLIP path and the staged v-v surgery path side by side.
+
+    Args:
+        backbone: the frozen CLIP.
+        pixels: (B, 3, S, S) normalised images.
+        stage_ends: 1-based block indices closing each stage, e.g. (3, 6, 9, 12); the first stage
+            starts at block 1, each next one right after the previous end.
+        reference_aliasing: store stage-end original tokens as the official code ends up reading
+            them (with the next block's attention residual added); see the module docstring.
+    """
+    stage_ends = sorted(stage_ends)
+    if not stage_ends or stage_ends[-1] > backbone.num_layers or stage_ends[0] < 1:
+        raise ValueError(f"stage ends {stage_ends} do not fit a {backbone.num_layers}-block image tower")
+    stage_starts = {0} | {end for end in stage_ends[:-1]}  # 0-based indices of blocks that reset the path
+    x = backbone.visual.ln_pre(backbone.embed_patches(pixels))
+    surgery_path = torch.zeros_like(x)
+    surgery_tokens: list[torch.Tensor] = []
+    original_tokens: list[torch.Tensor] = []
+    pending_alias = False
+    for index, block in enumerate(backbone.blocks[: stage_ends[-1]]):
+        q, k, v = backbone.attention_qkv(block, block.ln_1(x))
+        attended = backbone.attention_output(block, F.scaled_dot_product_attention(q, k, v))
+        value_attended = backbone.attention_output(block, F.scaled_dot_product_attention(v, v, v))
+        x = x + block.ls_1(attended)
+        if pending_alias:  # the stored stage-end tokens also received this block's attention residual
+            original_tokens[-1] = x
+            pending_alias = False
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        surgery_path = value_attended if index in stage_starts else surgery_path + value_attended
+        if index + 1 in stage_ends:
+            original_tokens.append(x)
+            pending_alias = reference_aliasing
+            surgery_tokens.append(surgery_path)
+    surgery = [
+        backbone.project_tokens(torch.cat([original[:, :1], tokens[:, 1:]], dim=1))
+        for tokens, original in zip(surgery_tokens, original_tokens)
+    ]
+    return DualPathOutput(surgery=surgery, original=original_tokens)
+
+
+def feature_surgery(features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """CLIP-Surgery-style feature surgery for two classes, in closed form.
+
+    ``sum_D(F * T_c * w_c - mean_c(F * T_c * w_c)) = w_c cos_c - mean_c(w_c cos_c)``, so the
+    (B, 1+N, 2, D) product tensor of the reference never needs to exist.
+
+    Args:
+        features: (B, 1+N, D) L2-normalised tokens, CLS first.
+        anchors: (D, 2) normal/abnormal text anchors.
+    Returns:
+        (B, 1+N, 2) similarities with the part common to both classes removed.
+    """
+    cosine = features @ anchors
+    weights = cosine[:, :1].softmax(dim=-1)
+    weights = weights / weights.mean(dim=-1, keepdim=True)
+    weighted = cosine * weights
+    return weighted - weighted.mean(dim=-1, keepdim=True)
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Min-max normalise to [0, 1]; a constant array maps to zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    span = values.max() - values.min() if values.size else 0.0
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+
+@dataclass(frozen=True)
+class SDPConfig(MethodConfig):
+    """SDP settings; defaults are the official ``test_SDP.sh`` (MVTec AD) configuration.
+
+    Attributes:
+        layers: stage-end blocks (1-based); None = ``n_layers // 4 * (1, 2, 3, 4)``.
+        rvs: text reduction, one of :data:`RVS_METHODS`.
+        rvs_eps, rvs_min_samples: DBSCAN parameters (the official VisA runs use 1.5 and 25).
+        reference_aliasing: reproduce the official in-place aliasing (module docstring).
+        map_score_scale: scale of the sigmoid on the map maximum in the single-image score.
+    """
+
+    model: str = "ViT-B-16-plus-240:laion400m_e31"
+    image_size: int = 240
+    sigma: float = 8.0
+    layers: tuple[int, ...] | None = None
+    rvs: str = "dbscan"
+    rvs_eps: float = 0.5
+    rvs_min_samples: int = 15
+    reference_aliasing: bool = True
+    map_score_scale: float = 0.01
+
+
+@register_method("sdp")
+class SDP(Detector):
+    """CLIP-AD's training-free Staged Dual-Path model. See the module docstring."""
+
+    info = MethodInfo(
+        id="sdp",
+        name="CLIP-AD SDP",
+        paper="Chen et al., CLIP-AD: A Language-Guided Staged Dual-Path Model for Zero-shot Anomaly "
+        "Detection, arXiv 2311.00453 (2023)",
+        training_free=True,
+        default_model=SDPConfig.model,
+        image_size=SDPConfig.image_size,
+        map_range=(-4.0, 4.0),
+        description="representative text vectors, staged v-v surgery path, feature surgery",
+    )
+    config_class = SDPConfig
+    default_prompts = CLIPAD_PROMPTS
+    config: SDPConfig
+
+    @property
+    def stage_ends(self) -> tuple[int, ...]:
+        return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers()
+
+    def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
+        reducer = rvs_reducer_name(self.config.rvs, self.config.rvs_eps, self.config.rvs_min_samples)
+        return text_anchors(self.backbone, class_name, prompts, reducer=reducer, method_id="clipad")
+
+    def surgery_similarity(self, pixels: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, DualPathOutput]:
+        """Summed feature-surgery similarities over the stages, (B, 1+N, 2), and the raw path outputs."""
+        paths = staged_dual_path(self.backbone, pixels, self.stage_ends, self.config.reference_aliasing)
+        similarity = sum(feature_surgery(F.normalize(s.float(), dim=-1), anchors) for s in paths.surgery)
+        return similarity, paths
+
+    def class_probability(self, paths: DualPathOutput, anchors: torch.Tensor) -> torch.Tensor:
+        """(B,) ``softmax(100 * cos(global, T))[abnormal]`` from the last stage's class token."""
+        cls = F.normalize(paths.surgery[-1][:, 0].float(), dim=-1)
+        return (100.0 * cls @ anchors).softmax(dim=-1)[:, 1]
+
+    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
+        grid = self.backbone.grid_size
+        similarity, paths = self.surgery_similarity(pixels, text)
+        patch_map = similarity[:, 1:, 1].reshape(-1, grid, grid)
+        maps = gaussian_smooth(upsample_patch_maps(patch_map, self.config.image_size), self.config.sigma)
+        return self._scored(maps, self.class_probability(paths, text))
+
+    def _scored(self, maps: np.ndarray, p_cls: torch.Tensor) -> Prediction:
+        p_cls_np = p_cls.float().cpu().numpy().astype(np.float64)
+        p_max = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
+        single = 0.5 * p_cls_np + 0.5 / (1.0 + np.exp(-p_max / self.config.map_score_scale))
+        return Prediction(scores=single, maps=maps, extras={"p_cls": p_cls_np, "p_max": p_max})
+
+    def dataset_scores(self, results: Sequence[AnomalyResult]) -> np.ndarray:
+        """The paper's image score: ``minmax(p_cls) + minmax(p_max)`` over one category's test set."""
+        p_cls = np.array([r.extras["p_cls"] for r in results])
+        p_max = np.array([r.extras["p_max"] for r in results])
+        return minmax(p_cls) + minmax(p_max)

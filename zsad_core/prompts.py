@@ -1,0 +1,269 @@
+"""Text prompts: the papers' state words and templates, user prompts, reductions, a feature cache.
+
+A :class:`PromptSet` is normal states, abnormal states and templates. A state holds ``{}`` where
+the class name goes (``"{} with a crack"``); a state without ``{}`` is put before the class name
+(``"scratched"`` -> ``"scratched {}"``), so users can type plain words. A template holds ``{}``
+where the state phrase goes (``"a photo of a {}."``). Sentences are every template applied to every
+state: ``template.format(state.format(class_name))``.
+
+Text anchors (the normal and abnormal text features, (D, 2)) are reduced from the sentence
+embeddings by one of :data:`REDUCERS` and cached per (backbone, method, class name, prompts,
+reducer), so a detector prepared twice for the same category encodes its prompts once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .backbone import ClipBackbone
+
+MAX_SENTENCES = 4096
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be used (empty, overlong, malformed template)."""
+
+
+def _as_state(word: str) -> str:
+    word = " ".join(word.split())
+    if not word:
+        raise PromptError("empty state word")
+    if word.count("{}") > 1 or "{" in word.replace("{}", "") or "}" in word.replace("{}", ""):
+        raise PromptError(f"a state may hold '{{}}' (the class name) at most once: {word!r}")
+    return word if "{}" in word else f"{word} {{}}"
+
+
+def _as_template(template: str) -> str:
+    template = " ".join(template.split())
+    if template.count("{}") != 1 or "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
+        raise PromptError(f"a template must hold '{{}}' (the state phrase) exactly once: {template!r}")
+    return template
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Normal states, abnormal states and templates (tuples, so a PromptSet can key a cache)."""
+
+    normal_states: tuple[str, ...]
+    abnormal_states: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("normal_states", "abnormal_states", "templates"):
+            values = tuple(getattr(self, name))
+            if not values:
+                raise PromptError(f"{name.replace('_', ' ')} is empty")
+            clean = _as_template if name == "templates" else _as_state
+            object.__setattr__(self, name, tuple(clean(value) for value in values))
+        count = len(self.templates) * (len(self.normal_states) + len(self.abnormal_states))
+        if count > MAX_SENTENCES:
+            raise PromptError(f"{count} prompt sentences is more than the limit of {MAX_SENTENCES}")
+
+    def with_overrides(
+        self,
+        normal_states: Sequence[str] | None = None,
+        abnormal_states: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> PromptSet:
+        """A copy with the given parts replaced (``None`` keeps the default part)."""
+        changes = {
+            name: tuple(value)
+            for name, value in (
+                ("normal_states", normal_states),
+                ("abnormal_states", abnormal_states),
+                ("templates", templates),
+            )
+            if value is not None
+        }
+        return replace(self, **changes)
+
+    def sentences(self, class_name: str) -> tuple[list[str], list[str]]:
+        """(normal sentences, abnormal sentences) for ``class_name``, template-major within a state."""
+        class_name = " ".join(class_name.split())
+        if not class_name:
+            raise PromptError("empty category / class name")
+        if "{" in class_name or "}" in class_name:
+            raise PromptError(f"class name must not contain braces: {class_name!r}")
+
+        def build(states: tuple[str, ...]) -> list[str]:
+            return [template.format(state.format(class_name)) for state in states for template in self.templates]
+
+        return build(self.normal_states), build(self.abnormal_states)
+
+
+# WinCLIP (Jeong et al. 2023): compositional prompt ensemble, 7 normal and 4 abnormal states and the
+# 22 templates of the paper (anomalib's list has 21: one duplicate 'jpeg corrupted ... the', no
+# 'a cropped photo of a'; pass those lists to reproduce anomalib exactly).
+WINCLIP_TEMPLATES = (
+    "a cropped photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of the {}.",
+    "a dark photo of a {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.",
+    "a blurry photo of a {}.",
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+    "a photo of the small {}.",
+    "a photo of a large {}.",
+    "a photo of the large {}.",
+    "a photo of the {} for visual inspection.",
+    "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.",
+    "a photo of a {} for anomaly detection.",
+)
+WINCLIP_PROMPTS = PromptSet(
+    normal_states=(
+        "{}",
+        "flawless {}",
+        "perfect {}",
+        "unblemished {}",
+        "{} without flaw",
+        "{} without defect",
+        "{} without damage",
+    ),
+    abnormal_states=("damaged {}", "{} with flaw", "{} with defect", "{} with damage"),
+    templates=WINCLIP_TEMPLATES,
+)
+
+# CLIP-AD (Chen et al. 2023), util/prompt_ensemble.py: 9 normal and 10 abnormal states, the same
+# 22 WinCLIP-style templates.
+CLIPAD_PROMPTS = PromptSet(
+    normal_states=(
+        "flawless {}",
+        "perfect {}",
+        "unblemished {}",
+        "{} without flaw",
+        "{} without defect",
+        "{} without damage",
+        "{} without scratch",
+        "{} without crack",
+        "{} without contamination",
+    ),
+    abnormal_states=(
+        "damaged {}",
+        "imperfect {}",
+        "blemished {}",
+        "broken {}",
+        "{} with flaw",
+        "{} with defect",
+        "{} with damage",
+        "{} with scratch",
+        "{} with crack",
+        "{} with contamination",
+    ),
+    templates=WINCLIP_TEMPLATES,
+)
+
+# AdaCLIP (Cao et al. 2024), method/adaclip.py: 7 normal and 5 abnormal states, 4 templates.
+ADACLIP_PROMPTS = PromptSet(
+    normal_states=(
+        "{}",
+        "flawless {}",
+        "perfect {}",
+        "unblemished {}",
+        "{} without flaw",
+        "{} without defect",
+        "{} without damage",
+    ),
+    abnormal_states=("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"),
+    templates=(
+        "a bad photo of a {}.",
+        "a low resolution photo of the {}.",
+        "a bad photo of the {}.",
+        "a cropped photo of the {}.",
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------- reducers
+def reduce_mean_normalized(embeddings: torch.Tensor) -> torch.Tensor:
+    """Normalise each sentence embedding, average, normalise (AdaCLIP, April-GAN, CLIP-AD 'mean')."""
+    return F.normalize(F.normalize(embeddings, dim=-1).mean(0), dim=-1)
+
+
+def reduce_mean_raw(embeddings: torch.Tensor) -> torch.Tensor:
+    """Average the raw embeddings, then normalise (WinCLIP as anomalib implements it)."""
+    return F.normalize(embeddings.mean(0), dim=-1)
+
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+REDUCERS: dict[str, Reducer] = {"mean": reduce_mean_normalized, "mean_raw": reduce_mean_raw}
+
+
+def register_reducer(name: str, reducer: Reducer) -> None:
+    """Make a reduction usable by name (methods register theirs, e.g. CLIP-AD's RVS variants)."""
+    REDUCERS[name] = reducer
+
+
+# ------------------------------------------------------------------------------------------ cache
+class TextFeatureCache:
+    """A small thread-safe LRU cache of text anchors."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+        value = compute()
+        with self._lock:
+            self.misses += 1
+            self._entries[key] = value
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+
+TEXT_FEATURE_CACHE = TextFeatureCache()
+
+
+def text_anchors(
+    backbone: ClipBackbone,
+    class_name: str,
+    prompts: PromptSet,
+    reducer: str = "mean",
+    method_id: str = "",
+) -> torch.Tensor:
+    """Normal and abnormal text anchors, each reduced from its sentence cloud and L2-normalised.
+
+    Returns:
+        (D, 2) float32 tensor on the backbone's device: column 0 normal, column 1 abnormal.
+    """
+    if reducer not in REDUCERS:
+        raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
+    normal, abnormal = prompts.sentences(class_name)
+    key = (backbone.key, method_id, " ".join(class_name.split()), prompts, reducer)
+
+    def compute() -> torch.Tensor:
+        embeddings = backbone.encode_text(normal + abnormal)
+        reduce = REDUCERS[reducer]
+        anchors = torch.stack([reduce(embeddings[: len(normal)]), reduce(embeddings[len(normal) :])], dim=1)
+        return anchors.float()
+
+    return TEXT_FEATURE_CACHE.get_or_compute(key, compute)
+
