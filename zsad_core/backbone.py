@@ -37,9 +37,9 @@ import os
 import socket
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 from urllib.parse import urlparse
 
 import open_clip
@@ -279,8 +279,16 @@ def _create_open_clip_model(spec: BackboneSpec) -> nn.Module:
         path = resolve_pretrained_file(parsed.name, parsed.pretrained)
     try:
         return open_clip.create_model(parsed.name, pretrained=str(path), weights_only=True, **common)
-    except RuntimeError as error:  # state-dict mismatch: the file is for another architecture
-        raise ModelSpecError(f"weights {path} do not fit architecture {parsed.name!r}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - see below
+        # A file for another architecture fails in load_state_dict (RuntimeError) or earlier in
+        # open_clip's positional-embedding resizing (AssertionError); a file that is not a state dict
+        # fails in safetensors (SafetensorError), torch.load (KeyError, UnpicklingError) or in
+        # open_clip's key handling (StopIteration). All mean the same thing to the user.
+        raise ModelSpecError(
+            f"weights {path} cannot be loaded into architecture {parsed.name!r} "
+            f"({type(error).__name__}: {error}). The file must be an open_clip/CLIP state dict "
+            "(.safetensors, or a torch .bin/.pt/.pth state dict) made for this architecture."
+        ) from error
 
 
 def resize_positional_embedding(
@@ -487,10 +495,13 @@ class ClipBackbone(nn.Module):
         ids = self.tokenizer(texts)
         context = ids.shape[1]
         eot = ids.argmax(dim=-1)
-        for text, ids_row, position in zip(texts, ids, eot):
-            if position == context - 1 and ids_row[-1] != 0:
-                # the tokenizer silently truncated it; the meaning may have changed
-                raise PromptError(f"prompt longer than the text encoder's {context} tokens: {text[:80]!r}...")
+        for text, position in zip(texts, eot):
+            if position == context - 1:
+                # Either it fills the context exactly or the tokenizer silently truncated it (and put
+                # the end-of-text token last); one more position of context tells the two apart.
+                longer = self.tokenizer([text], context_length=context + 1)
+                if int(longer[0].argmax()) >= context:
+                    raise PromptError(f"prompt longer than the text encoder's {context} tokens: {text[:80]!r}...")
         return ids
 
     def text_forward(self, ids: torch.Tensor, hook: TextHook | None = None, min_length: int = 0) -> torch.Tensor:

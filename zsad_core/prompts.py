@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,11 @@ def _as_template(template: str) -> str:
     return template
 
 
+def _as_tuple(values: str | Sequence[str]) -> tuple[str, ...]:
+    # one string is one prompt, not a sequence of one-letter prompts
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """Normal states, abnormal states and templates (tuples, so a PromptSet can key a cache)."""
@@ -57,7 +63,7 @@ class PromptSet:
 
     def __post_init__(self) -> None:
         for name in ("normal_states", "abnormal_states", "templates"):
-            values = tuple(getattr(self, name))
+            values = _as_tuple(getattr(self, name))
             if not values:
                 raise PromptError(f"{name.replace('_', ' ')} is empty")
             clean = _as_template if name == "templates" else _as_state
@@ -74,7 +80,7 @@ class PromptSet:
     ) -> PromptSet:
         """A copy with the given parts replaced (``None`` keeps the default part)."""
         changes = {
-            name: tuple(value)
+            name: _as_tuple(value)
             for name, value in (
                 ("normal_states", normal_states),
                 ("abnormal_states", abnormal_states),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backbone import create_backbone
 from .types import MethodInfo
@@ -82,4 +83,7 @@ def create_detector(
         device=device,
         precision=precision,
     )
-    return cls(config, backbone)
+    detector = cls(config, backbone)
+    if getattr(config, "checkpoint", None):  # learnable methods: load their trained parameters
+        detector.load_checkpoint(config.checkpoint)
+    return detector

@@ -35,24 +35,40 @@ Faithfulness notes (see methods.md §3.7):
   read. This shifts the class token used in stages 1-3 (and SDP+'s features). ``reference_aliasing``
   (default True) reproduces it; False gives the clean stage-end tokens.
 - The official code rounds RVS vectors to fp16; this implementation keeps fp32.
+
+- **SDP+** (:class:`SDPPlus`), SDP plus one trained ``Linear(C -> D)`` per stage on the stage-end
+  original-path patch tokens (raw residual, no ``ln_post``; with ``reference_aliasing`` as above):
+  ``q = normalize(Linear_s(x))``, ``logit = 100 q T``, reshaped to the grid, upsampled bilinearly
+  (``align_corners=True``) to S, softmax over (normal, abnormal); the abnormal probabilities summed
+  over the stages (``M_ft`` in [0, 4]) are added to the *unsmoothed* SDP map, then the sum is
+  smoothed (sigma 8; the official scripts use sigma 2 for VisA). Image score as SDP with ``p_max``
+  from the combined map. Trained (:mod:`zsad_core.training`) with ``sum_s [focal(P_s, G) +
+  dice(P_s[abnormal], G)]``, Adam lr 1e-4, 5 epochs, batch 8, seed 42 (``train_SDP_plus.sh``). The
+  authors' released ``train_on_{mvtec,visa}.pth`` load directly (``{"linear_layers": {"fc.<s>.weight",
+  "fc.<s>.bias"}}``, the same parameter names as here).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..backbone import ClipBackbone
+from ..losses import dice_loss, focal_loss
 from ..postprocess import gaussian_smooth, upsample_patch_maps
 from ..prompts import CLIPAD_PROMPTS, PromptSet, reduce_mean_normalized, register_reducer, text_anchors
 from ..registry import register_method
 from ..types import AnomalyResult, MethodInfo
 from .base import Detector, MethodConfig, Prediction
+from .learnable import CheckpointMismatchError, LearnableDetector, TrainingOutput
 
 RVS_METHODS = ("mean", "pca", "kde", "dbscan", "mean_shift")
 
@@ -255,11 +271,15 @@ class SDP(Detector):
         cls = F.normalize(paths.surgery[-1][:, 0].float(), dim=-1)
         return (100.0 * cls @ anchors).softmax(dim=-1)[:, 1]
 
-    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
+    def unsmoothed_map(self, similarity: torch.Tensor) -> torch.Tensor:
+        """(B, 1+N, 2) summed similarities -> (B, S, S) abnormal-channel map, upsampled, not smoothed."""
         grid = self.backbone.grid_size
-        similarity, paths = self.surgery_similarity(pixels, text)
         patch_map = similarity[:, 1:, 1].reshape(-1, grid, grid)
-        maps = gaussian_smooth(upsample_patch_maps(patch_map, self.config.image_size), self.config.sigma)
+        return upsample_patch_maps(patch_map, self.config.image_size)
+
+    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
+        similarity, paths = self.surgery_similarity(pixels, text)
+        maps = gaussian_smooth(self.unsmoothed_map(similarity), self.config.sigma)
         return self._scored(maps, self.class_probability(paths, text))
 
     def _scored(self, maps: np.ndarray, p_cls: torch.Tensor) -> Prediction:
@@ -273,3 +293,132 @@ class SDP(Detector):
         p_cls = np.array([r.extras["p_cls"] for r in results])
         p_max = np.array([r.extras["p_max"] for r in results])
         return minmax(p_cls) + minmax(p_max)
+
+
+# ------------------------------------------------------------------------------------------- SDP+
+SDP_PLUS_INIT_SEED = 20231101  # fixed seed of the untrained linear layers (reproducible detect)
+
+
+class StageProjections(nn.Module):
+    """SDP+'s trained part: one ``Linear(C -> D)`` per stage, named ``fc.<stage>`` as in the reference.
+
+    Initialised like ``nn.Linear`` (uniform in +-1/sqrt(C)) from a fixed seed, so an untrained
+    detector is reproducible.
+    """
+
+    def __init__(self, width: int, embed_dim: int, stages: int, seed: int = SDP_PLUS_INIT_SEED) -> None:
+        super().__init__()
+        self.fc = nn.ModuleList(nn.Linear(width, embed_dim) for _ in range(stages))
+        generator = torch.Generator().manual_seed(seed)
+        bound = 1.0 / width**0.5
+        with torch.no_grad():
+            for layer in self.fc:
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per stage, (B, N, C) patch tokens -> (B, N, D) L2-normalised projections."""
+        if len(tokens) != len(self.fc):
+            raise ValueError(f"expected {len(self.fc)} stages of tokens, got {len(tokens)}")
+        return [F.normalize(layer(x.float()), dim=-1) for layer, x in zip(self.fc, tokens)]
+
+
+@dataclass(frozen=True)
+class SDPPlusConfig(SDPConfig):
+    """SDP+ settings; defaults are the official ``test_SDP_plus.sh`` MVTec AD configuration.
+
+    Attributes:
+        checkpoint: trained linear layers: a ``.safetensors`` file from ``zsad train``, a
+            released-weights name (``sdp-plus-mvtec``, ``sdp-plus-visa``; :mod:`zsad_core.weights`)
+            or the authors' ``train_on_*.pth``. None keeps the seeded initialisation (untrained).
+        sigma: 8 as in the official MVTec/medical runs; they use 2 on VisA.
+        map_score_scale: the single-image stand-in score uses ``sigmoid(p_max / map_score_scale)``;
+            the SDP+ map lies in about [-4, 8] (SDP's within +-4 plus up to 4), hence 1.0 here.
+    """
+
+    checkpoint: str | None = None
+    map_score_scale: float = 1.0
+
+
+@register_method("sdp_plus")
+class SDPPlus(LearnableDetector, SDP):
+    """CLIP-AD's SDP+: SDP plus one trained linear layer per stage. See the module docstring."""
+
+    info = MethodInfo(
+        id="sdp_plus",
+        name="CLIP-AD SDP+",
+        paper=SDP.info.paper,
+        training_free=False,
+        default_model=SDPPlusConfig.model,
+        image_size=SDPPlusConfig.image_size,
+        map_range=(-4.0, 8.0),
+        description="SDP plus one linear layer per stage trained on auxiliary data (focal + dice)",
+    )
+    config_class = SDPPlusConfig
+    config: SDPPlusConfig
+    default_optimizer: ClassVar[dict[str, Any]] = {"name": "adam", "lr": 1e-4}
+    default_epochs: ClassVar[int] = 5
+    default_batch_size: ClassVar[int] = 8
+    default_seed: ClassVar[int] = 42
+    default_mosaic_prob: ClassVar[float] = 0.0
+
+    def __init__(self, config: SDPPlusConfig, backbone: ClipBackbone) -> None:
+        super().__init__(config, backbone)
+        self.learned = StageProjections(backbone.width, backbone.embed_dim, len(self.stage_ends)).to(self.device)
+
+    def setting_metadata(self) -> dict[str, str]:
+        return {**super().setting_metadata(), "reference_aliasing": json.dumps(self.config.reference_aliasing)}
+
+    @property
+    def tap_layers(self) -> tuple[int, ...]:
+        return self.stage_ends
+
+    def stage_probabilities(self, original: Sequence[torch.Tensor], anchors: torch.Tensor) -> list[torch.Tensor]:
+        """Per stage, (B, 2, S, S) softmax probabilities (normal, abnormal) of the trained layers.
+
+        Args:
+            original: per stage, (B, 1+N, C) original-path tokens (:attr:`DualPathOutput.original`).
+            anchors: (D, 2) text anchors, or (B, D, 2) one set per image.
+        """
+        grid = self.backbone.grid_size
+        projected = self.learned([tokens[:, 1:] for tokens in original])
+        probabilities = []
+        for features in projected:
+            logits = 100.0 * features @ anchors.to(features.dtype)  # (B, N, 2)
+            logits = logits.transpose(1, 2).reshape(len(features), 2, grid, grid)
+            upsampled = upsample_patch_maps(logits, self.config.image_size, align_corners=True)
+            probabilities.append(upsampled.softmax(dim=1))
+        return probabilities
+
+    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
+        similarity, paths = self.surgery_similarity(pixels, text)
+        fine_tuned = sum(probs[:, 1] for probs in self.stage_probabilities(paths.original, text))
+        maps = gaussian_smooth(self.unsmoothed_map(similarity) + fine_tuned, self.config.sigma)
+        return self._scored(maps, self.class_probability(paths, text))
+
+    # ------------------------------------------------------------------------------------ training
+    def training_forward(self, pixels: torch.Tensor, class_names: Sequence[str]) -> TrainingOutput:
+        with torch.autocast(device_type=pixels.device.type, enabled=False):  # cached anchors stay fp32
+            anchors = torch.stack([self._prepare_text(name, self.default_prompts) for name in class_names])
+        with torch.no_grad():
+            paths = staged_dual_path(self.backbone, pixels, self.stage_ends, self.config.reference_aliasing)
+        return TrainingOutput(layer_probs=self.stage_probabilities(paths.original, anchors), image_probs=None)
+
+    def training_loss(self, output: TrainingOutput, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``sum_s [focal(P_s, G) + dice(P_s[abnormal], G)]`` (no normal-channel dice, no image loss)."""
+        masks = masks.float()
+        total = masks.new_zeros(())
+        for probs in output.layer_probs:
+            probs = probs.float()
+            total = total + focal_loss(probs, masks) + dice_loss(probs[:, 1], masks)
+        return total
+
+    def convert_foreign_state_dict(self, state_dict: dict) -> dict[str, torch.Tensor]:
+        """The authors' ``train.py`` checkpoints: ``{"linear_layers": {"fc.<stage>.weight"/"bias": ...}}``."""
+        inner = state_dict.get("linear_layers", state_dict)
+        if not isinstance(inner, dict) or not inner or not all(str(k).startswith("fc.") for k in inner):
+            raise CheckpointMismatchError(
+                "not an SDP+ checkpoint: expected the CLIP-AD train.py layout {'linear_layers': {'fc.0.weight', "
+                f"'fc.0.bias', ...}}, found keys {sorted(map(str, state_dict))[:6]}"
+            )
+        return dict(inner)
