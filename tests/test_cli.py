@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, make_image
 from PIL import Image
 
-from conftest import REPO_ROOT, make_image
 from zsad_core import cli
 from zsad_core.cli import PluginCommand, collect_images, main, unique_stems
 
@@ -40,7 +40,16 @@ def write_image(path: Path, image: Image.Image) -> Path:
 def test_list_prints_a_table_of_methods(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run_cli(capsys, "list")
     assert status == 0
-    for text in ("winclip", "sdp", "WinCLIP", "CLIP-AD SDP", "training-free", "ViT-B-16-plus-240", "[0, 1]", "CVPR 2023"):
+    for text in (
+        "winclip",
+        "sdp",
+        "WinCLIP",
+        "CLIP-AD SDP",
+        "training-free",
+        "ViT-B-16-plus-240",
+        "[0, 1]",
+        "CVPR 2023",
+    ):
         assert text in out
 
 
@@ -164,7 +173,13 @@ def test_detect_reports_bad_files_and_keeps_going(tmp_path: Path, capsys: pytest
     payload = json.loads((out / "results.json").read_text())
     assert sorted(payload["failed"]) == sorted(str(path) for path in (corrupt, empty, text))
     statuses = {Path(entry["path"]).name: entry["status"] for entry in payload["images"]}
-    assert statuses == {"good.png": "ok", "zz_good.png": "ok", "corrupt.png": "error", "empty.png": "error", "text.png": "error"}
+    assert statuses == {
+        "good.png": "ok",
+        "zz_good.png": "ok",
+        "corrupt.png": "error",
+        "empty.png": "error",
+        "text.png": "error",
+    }
     assert [Path(entry["path"]).name for entry in payload["images"]] == sorted(statuses)  # input order kept
     errors = {Path(entry["path"]).name: entry.get("error", "") for entry in payload["images"]}
     assert "empty" in errors["empty.png"] and "corrupt" in errors["corrupt.png"]
@@ -230,9 +245,12 @@ def test_configuration_errors_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
     image = write_image(tmp_path / "a.png", make_image(20, 20))
-    status, _, err = run_cli(capsys, "detect", str(image), "--category", "bottle", *arguments, "--out", str(tmp_path / "o"))
+    status, _, err = run_cli(
+        capsys, "detect", str(image), "--category", "bottle", *arguments, "--out", str(tmp_path / "o")
+    )
     assert status == 2
     assert err.startswith("error:") and message in err
+    assert not (tmp_path / "o").exists()  # nothing written for a run that could not start
 
 
 def test_missing_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,7 +280,9 @@ def test_missing_weights_offline_exit_2(
 
 
 # ------------------------------------------------------------------------------- plugin commands
-def test_missing_plugin_command_is_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_plugin_command_is_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = PluginCommand("eval", "zsad_core._no_such_module_for_tests", "add_eval_arguments", "run_eval", "help")
     monkeypatch.setattr(cli, "PLUGIN_COMMANDS", (missing,))
     status, _, err = run_cli(capsys, "eval", "--data", "mvtec:/nowhere")
@@ -270,7 +290,9 @@ def test_missing_plugin_command_is_reported(monkeypatch: pytest.MonkeyPatch, cap
     assert run_cli(capsys, "list", "--json")[0] == 0  # other commands are unaffected
 
 
-def test_plugin_command_is_loaded_only_when_used(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugin_command_is_loaded_only_when_used(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     received = {}
     module = types.ModuleType("zsad_fake_training")
 

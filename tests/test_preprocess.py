@@ -43,7 +43,8 @@ def _image_in_mode(mode: str, height: int = 20, width: int = 30) -> Image.Image:
 
 # ------------------------------------------------------------------------------------------ modes
 @pytest.mark.parametrize(
-    "mode", ["RGB", "L", "LA", "P", "P+transparency", "RGBA", "I;16", "I", "F", "CMYK", "1", "YCbCr", "PA", "LAB", "HSV"]
+    "mode",
+    ["RGB", "L", "LA", "P", "P+transparency", "RGBA", "I;16", "I", "F", "CMYK", "1", "YCbCr", "PA", "LAB", "HSV"],
 )
 def test_every_mode_becomes_8_bit_rgb(mode: str) -> None:
     image = _image_in_mode(mode)

@@ -88,7 +88,8 @@ def test_sentence_counts_are_templates_times_states(prompts: PromptSet, normal_c
 
 def test_paper_prompt_lists() -> None:
     assert len(WINCLIP_PROMPTS.templates) == 22 and len(set(WINCLIP_PROMPTS.templates)) == 22
-    assert CLIPAD_PROMPTS.templates == WINCLIP_PROMPTS.templates
+    assert sorted(CLIPAD_PROMPTS.templates) == sorted(WINCLIP_PROMPTS.templates)  # same 22, CLIP-AD's order
+    assert CLIPAD_PROMPTS.templates[12:14] == ("a photo of the {}.", "a photo of a {}.")
     assert "{}" in WINCLIP_PROMPTS.normal_states and "{} with contamination" in CLIPAD_PROMPTS.abnormal_states
     assert ADACLIP_PROMPTS.templates[0] == "a bad photo of a {}."
 

@@ -247,3 +247,20 @@ def test_cli(spec, tmp_path, capsys):
     args = parser.parse_args(["sdp_plus", "--data", "nope:/x", "--out", str(out), "--model", MODEL, "--device", "cpu"])
     assert run_train(args) == 2
     assert "unknown dataset format" in capsys.readouterr().err
+
+
+def test_cli_accepts_method_option_and_comma_separated_data(spec, tmp_path, capsys):
+    """The issue's form: ``train --method sdp_plus --data mvtec:/a,mvtec:/b``."""
+    parser = add_train_arguments(argparse.ArgumentParser())
+    out = tmp_path / "cli.safetensors"
+    args = parser.parse_args(
+        ["--method", "sdp_plus", "--data", f"{spec},{spec}", "--out", str(out), "--model", MODEL,
+         "--device", "cpu", "--image-size", str(SIZE), "--steps", "1", "--batch-size", "2", "--no-progress"]
+    )
+    assert run_train(args) == 0
+    assert "trained sdp_plus: 1 steps" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as handle:
+        assert json.loads(handle.metadata()["training_data"]) == [spec, spec]
+    conflicting = parser.parse_args(["sdp_plus", "--method", "adaclip", "--data", spec, "--out", str(out)])
+    assert run_train(conflicting) == 2
+    assert "exactly one learnable method" in capsys.readouterr().err

@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 import pytest
+from conftest import make_image
 from PIL import Image
 
-from conftest import make_image
 from zsad_core import get_method
 from zsad_core.types import AnomalyResult
 from zsad_core.visualize import (

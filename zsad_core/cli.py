@@ -122,9 +122,7 @@ def _unavailable_handler(message: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _add_plugin_command(
-    subcommands: argparse._SubParsersAction, command: PluginCommand, load: bool
-) -> None:
+def _add_plugin_command(subcommands: argparse._SubParsersAction, command: PluginCommand, load: bool) -> None:
     parser = subcommands.add_parser(command.name, help=command.help, description=command.help)
     if not load:  # not the command being run: keep start-up fast and independent of the module
         parser.set_defaults(handler=_unavailable_handler(f"the '{command.name}' command was not loaded"))
@@ -190,7 +188,9 @@ def _method_rows() -> list[dict[str, Any]]:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table with left-aligned columns and a rule under the header."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in (headers, *rows)]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in (headers, *rows)
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -221,9 +221,15 @@ def _tiny_model_rows() -> list[dict[str, Any]]:
 
 
 MODEL_NAMING = (
-    ("zsad-tiny, zsad-tiny-14", "the project's tiny configs: random weights from a fixed seed, for tests and trying the tools"),
+    (
+        "zsad-tiny, zsad-tiny-14",
+        "the project's tiny configs: random weights from a fixed seed, for tests and trying the tools",
+    ),
     ("ViT-B-16-plus-240:laion400m_e31", "an open_clip architecture with a pretrained tag"),
-    ("ViT-L-14-336:/path/to/weights.safetensors", "an architecture with a local weights file (.safetensors, .bin, .pt)"),
+    (
+        "ViT-L-14-336:/path/to/weights.safetensors",
+        "an architecture with a local weights file (.safetensors, .bin, .pt)",
+    ),
     ("hf-hub:org/repo", "an open_clip model repository on the Hugging Face Hub"),
     ("local-dir:/path/to/folder", "a copy of such a repository on disk"),
     ("ViT-B-16", "an architecture without a tag: random weights (scores mean nothing)"),
@@ -277,7 +283,18 @@ def _run_list_models(args: argparse.Namespace) -> int:
         format_table(
             ("name", "input size", "patch", "vision layers", "width", "text layers", "embed dim"),
             [
-                tuple(str(row[key]) for key in ("name", "image_size", "patch_size", "vision_layers", "vision_width", "text_layers", "embed_dim"))
+                tuple(
+                    str(row[key])
+                    for key in (
+                        "name",
+                        "image_size",
+                        "patch_size",
+                        "vision_layers",
+                        "vision_width",
+                        "text_layers",
+                        "embed_dim",
+                    )
+                )
                 for row in tiny
             ],
         )
@@ -510,9 +527,8 @@ def run_detect(args: argparse.Namespace) -> int:
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
+    detectors = _build_detectors(args, methods)  # configuration errors surface before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    detectors = _build_detectors(args, methods)
     batch_size = args.batch_size
     run = DetectionRun(
         out_dir=out_dir,
@@ -561,7 +577,9 @@ def run_detect(args: argparse.Namespace) -> int:
                     name = f"{stem}__{method}"
                     np.save(out_dir / f"{name}.npy", result.anomaly_map.astype(np.float32, copy=False))
                     low, high = ranges[method]
-                    image = overlay(picture, result, low, high, alpha=args.alpha, cmap=args.cmap, colorbar=args.colorbar)
+                    image = overlay(
+                        picture, result, low, high, alpha=args.alpha, cmap=args.cmap, colorbar=args.colorbar
+                    )
                     save_png(out_dir / f"{name}.png", image)
                     summary = result.summary()
                     summary.pop("method", None)
@@ -584,7 +602,9 @@ def run_detect(args: argparse.Namespace) -> int:
     saved = run.save()
     failed = run.failed
     done = len(run.images) - len(failed)
-    print(f"{done} of {len(run.images)} images processed with {', '.join(methods)}; results in {saved}", file=sys.stderr)
+    print(
+        f"{done} of {len(run.images)} images processed with {', '.join(methods)}; results in {saved}", file=sys.stderr
+    )
     if failed:
         print(f"{len(failed)} image(s) failed: {', '.join(failed)}", file=sys.stderr)
         return EXIT_SOME_FAILED
@@ -613,18 +633,37 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated method ids (see 'list'); default: every training-free method; 'all': every method",
     )
-    parser.add_argument("--model", default=None, help="backbone for all methods (see 'list --models'); default: each method's own")
-    parser.add_argument("--image-size", type=_positive_int, default=None, help="model input side in pixels; default: each method's own")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda when available)")
     parser.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="default: fp32 on CPU, fp16 on CUDA"
+        "--model", default=None, help="backbone for all methods (see 'list --models'); default: each method's own"
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images decoded and run together (default: 8)")
-    parser.add_argument("--normal-states", default=None, help="';'-separated normal state words, e.g. 'flawless;perfect'")
-    parser.add_argument("--abnormal-states", default=None, help="';'-separated abnormal state words, e.g. 'cracked;{} with a hole'")
+    parser.add_argument(
+        "--image-size", type=_positive_int, default=None, help="model input side in pixels; default: each method's own"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda when available)"
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="default: fp32 on CPU, fp16 on CUDA",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="images decoded and run together (default: 8)"
+    )
+    parser.add_argument(
+        "--normal-states", default=None, help="';'-separated normal state words, e.g. 'flawless;perfect'"
+    )
+    parser.add_argument(
+        "--abnormal-states", default=None, help="';'-separated abnormal state words, e.g. 'cracked;{} with a hole'"
+    )
     parser.add_argument("--templates", default=None, help="';'-separated templates with '{}', e.g. 'a photo of a {}.'")
-    parser.add_argument("--sigma", type=_non_negative_float, default=None, help="Gaussian smoothing of the maps in pixels (0 = none)")
-    parser.add_argument("--checkpoint", default=None, help="trained parameters (path or released name) for learnable methods")
+    parser.add_argument(
+        "--sigma", type=_non_negative_float, default=None, help="Gaussian smoothing of the maps in pixels (0 = none)"
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="trained parameters (path or released name) for learnable methods"
+    )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
         "--scale",
@@ -657,7 +696,9 @@ def build_parser(load_commands: Collection[str] = ()) -> argparse.ArgumentParser
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_list_arguments(
-        subcommands.add_parser("list", help="list methods (or --models: model names)", description="List the registered methods.")
+        subcommands.add_parser(
+            "list", help="list methods (or --models: model names)", description="List the registered methods."
+        )
     )
     _add_detect_arguments(
         subcommands.add_parser(
@@ -715,7 +756,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_request:  # --help, --version, and argparse's usage errors
         code = exit_request.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     started = time.perf_counter()
     try:
         status = int(args.handler(args))

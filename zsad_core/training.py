@@ -505,9 +505,29 @@ def _restore_state(
 
 
 # ------------------------------------------------------------------------------------------- CLI
+def _split_specs(value: str) -> list[str]:
+    """'mvtec:/a,visa:/b' -> ['mvtec:/a', 'visa:/b']; a comma not followed by 'format:' stays in the path."""
+    parts: list[str] = []
+    for piece in value.split(","):
+        head = piece.split(":", 1)[0]
+        if parts and not (":" in piece and head.isidentifier()):
+            parts[-1] += "," + piece
+        else:
+            parts.append(piece)
+    return [part for part in parts if part]
+
+
+def _method_from_args(args: argparse.Namespace) -> str:
+    method = args.method_option or args.method
+    if not method or (args.method and args.method_option and args.method != args.method_option):
+        raise ValueError("name exactly one learnable method: `train adaclip ...` or `train --method adaclip ...`")
+    return method
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` command's arguments to ``parser``."""
-    parser.add_argument("method", help="learnable method id: sdp_plus or adaclip")
+    parser.add_argument("method", nargs="?", help="learnable method id: sdp_plus or adaclip")
+    parser.add_argument("--method", dest="method_option", help="the same, as an option (--method adaclip)")
     parser.add_argument(
         "--data",
         "-d",
@@ -553,8 +573,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         summary = train(
-            args.method,
-            args.data,
+            _method_from_args(args),
+            [spec for item in args.data for spec in _split_specs(item)],
             args.out,
             model=args.model,
             image_size=args.image_size,

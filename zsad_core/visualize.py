@@ -121,9 +121,7 @@ def display_range(
 
 
 # ---------------------------------------------------------------------------------------- colours
-def colorize(
-    anomaly_map: MapLike, vmin: float, vmax: float, cmap: str | Colormap = DEFAULT_CMAP
-) -> np.ndarray:
+def colorize(anomaly_map: MapLike, vmin: float, vmax: float, cmap: str | Colormap = DEFAULT_CMAP) -> np.ndarray:
     """Map values -> colours.
 
     Args:

@@ -148,7 +148,9 @@ class AdaCLIPConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.prompt_type not in PROMPT_TYPES:
-            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES} (static, dynamic, both), got {self.prompt_type!r}")
+            raise ValueError(
+                f"prompt_type must be one of {PROMPT_TYPES} (static, dynamic, both), got {self.prompt_type!r}"
+            )
         if self.branches not in BRANCHES:
             raise ValueError(f"branches must be one of {BRANCHES} (V image, L text), got {self.branches!r}")
         if self.prompt_length < 1:
@@ -287,7 +289,7 @@ def convert_authors_state_dict(state_dict: dict) -> dict:
         bare = re.sub(r"^(module\.)?(clip_model\.)?", "", key)
         for theirs, ours in AUTHORS_KEY_PREFIXES.items():
             if bare.startswith(theirs):
-                converted[ours + bare[len(theirs):]] = value
+                converted[ours + bare[len(theirs) :]] = value
                 break
         else:
             converted[key] = value
@@ -645,7 +647,9 @@ class AdaCLIP(LearnableDetector):
         """Per tap layer, (B, 2, S, S) logits, bilinear with ``align_corners=True``."""
         grid = self.backbone.grid_size
         return [
-            upsample_patch_maps(layer.transpose(1, 2).reshape(layer.shape[0], 2, grid, grid), self.config.image_size, True)
+            upsample_patch_maps(
+                layer.transpose(1, 2).reshape(layer.shape[0], 2, grid, grid), self.config.image_size, True
+            )
             for layer in logits
         ]
 

@@ -98,8 +98,10 @@ def representative_vector(
         return reduce_mean_normalized(unit)
     data = unit.cpu().double().numpy()
     if method == "pca":
-        centred = data - data.mean(0)
-        direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+        # CLIP-AD's pca(E.T, 1): the D coordinates are the samples, so each sentence is centred over its
+        # own coordinates; the direction is the first left singular vector of the centred (D, P) matrix.
+        centred = data - data.mean(axis=1, keepdims=True)
+        direction = np.linalg.svd(centred.T, full_matrices=False)[0][:, 0]
         vector = direction if direction @ data.mean(0) >= 0 else -direction
     elif method == "kde":
         from sklearn.neighbors import KernelDensity

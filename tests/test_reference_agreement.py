@@ -1,0 +1,281 @@
+"""Number-by-number agreement with the public reference implementations (anomalib WinCLIP, CLIP-AD SDP).
+
+The references were run outside this repository on the project's tiny random weights and seeded
+random pixels; their outputs are in ``tests/fixtures/reference/*.npz`` and the recipe, arrays and
+quirks are described in ``tests/fixtures/reference/README.md``. Each test rebuilds the same weights
+and inputs, runs our ``predict`` (and the pieces it is made of), and compares. A test skips, saying
+which file it waits for, while its fixture is not there. AdaCLIP's fixture is checked in
+``tests/test_adaclip.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zsad_core import create_detector
+from zsad_core.backbone import ClipBackbone, create_backbone
+from zsad_core.methods.clipad import SDP, SDPConfig, feature_surgery, representative_vector, staged_dual_path
+from zsad_core.methods.winclip import WinCLIP, harmonic_window_aggregation, window_indices
+from zsad_core.prompts import CLIPAD_PROMPTS, WINCLIP_PROMPTS
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
+CLASS_NAME = "bottle"
+MAP_TOLERANCE = 1e-4  # relative to the reference map's range
+
+# anomalib 2.7.0 prompting.py: 21 templates, one duplicated, no "a cropped photo of a {}." (README §1)
+ANOMALIB_TEMPLATES = (
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of the {}.",
+    "a dark photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.",
+    "a blurry photo of a {}.",
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+    "a photo of the small {}.",
+    "a photo of a large {}.",
+    "a photo of the large {}.",
+    "a photo of the {} for visual inspection.",
+    "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.",
+    "a photo of a {} for anomaly detection.",
+)
+
+
+def load_fixture(name: str) -> dict[str, np.ndarray]:
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.skip(
+            f"reference fixture {path} is not there yet (it is made outside the repository; see README.md there)"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def reference_pixels() -> torch.Tensor:
+    """The README's inputs: already normalised, fed straight to the model."""
+    return torch.randn(2, 3, 240, 240, generator=torch.Generator().manual_seed(1))
+
+
+def reference_backbone() -> ClipBackbone:
+    """zsad-tiny at 240 px, checked equal to the README's recipe (seed 0, open_clip.create_model)."""
+    backbone = create_backbone("zsad-tiny", image_size=240)
+    torch.manual_seed(0)
+    recipe = open_clip.create_model("zsad-tiny").state_dict()
+    ours = backbone.model.state_dict()
+    assert recipe.keys() == ours.keys()
+    assert all(torch.equal(recipe[key], ours[key]) for key in recipe)
+    return backbone
+
+
+def assert_map_close(actual: np.ndarray, expected: np.ndarray, tolerance: float = MAP_TOLERANCE) -> None:
+    span = float(np.ptp(expected))
+    assert span > 0, "reference map is flat: the comparison would prove nothing"
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tolerance * span)
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------ WinCLIP
+@pytest.fixture(scope="module")
+def winclip_run() -> tuple[dict[str, np.ndarray], WinCLIP, dict[str, object]]:
+    reference = load_fixture("winclip_anomalib.npz")
+    reference_backbone()
+    detector = create_detector("winclip", model="zsad-tiny", image_size=240, device="cpu", precision="fp32")
+    detector.prepare(CLASS_NAME, templates=ANOMALIB_TEMPLATES)
+    anchors = detector._prepared.features
+    pixels = reference_pixels()
+    with torch.no_grad():
+        prediction = detector.predict(pixels, anchors)
+        tokens = detector.backbone.embed_patches(pixels)
+        windows = {k: window_indices(detector.backbone.grid_size, k) for k in (2, 3)}
+        embeddings = {k: detector.window_embeddings(tokens, windows[k]) for k in (2, 3)}
+        image_embeddings = detector.backbone.encode_image(pixels).embedding
+    ours = {
+        "prediction": prediction,
+        "anchors": anchors,
+        "windows": windows,
+        "window_embeddings": embeddings,
+        "image_embeddings": image_embeddings,
+    }
+    return reference, detector, ours
+
+
+def test_winclip_prompts_and_text_anchors(winclip_run) -> None:
+    reference, detector, ours = winclip_run
+    normal, abnormal = detector.prompts.sentences(CLASS_NAME)
+    assert (len(normal), len(abnormal)) == (147, 84)
+    assert normal[:3] == [
+        "a cropped photo of the bottle.",
+        "a close-up photo of a bottle.",
+        "a close-up photo of the bottle.",
+    ]
+    assert detector.prompts.normal_states == WINCLIP_PROMPTS.normal_states
+    assert detector.prompts.abnormal_states == WINCLIP_PROMPTS.abnormal_states
+    expected = F.normalize(_t(reference["text_embeddings"]).T, dim=0)  # raw means; normalised on use
+    torch.testing.assert_close(ours["anchors"], expected, rtol=0, atol=1e-5)
+
+
+def test_winclip_windows_embeddings_and_scores(winclip_run) -> None:
+    reference, detector, ours = winclip_run
+    torch.testing.assert_close(ours["image_embeddings"], _t(reference["image_embeddings"]), rtol=0, atol=1e-5)
+    assert float(reference["temperature"]) == pytest.approx(detector.config.temperature)
+    for k in (2, 3):
+        # anomalib's masks are F.unfold columns: (k*k, n_windows); ours are (n_windows, k*k)
+        np.testing.assert_array_equal(ours["windows"][k].numpy().T, reference[f"masks_{k}"])
+        torch.testing.assert_close(
+            ours["window_embeddings"][k], _t(reference[f"window_embeddings_{k}"]), rtol=0, atol=1e-5
+        )
+        scores = detector._class_scores(_t(reference[f"window_embeddings_{k}"]), ours["anchors"])
+        np.testing.assert_allclose(scores.numpy(), reference[f"window_scores_{k}"], rtol=1e-4, atol=1e-7)
+        scale_map = harmonic_window_aggregation(_t(reference[f"window_scores_{k}"]), ours["windows"][k], 225)
+        assert_map_close(scale_map.view(2, 15, 15).numpy(), reference[f"scale_map_{k}"])
+
+
+def test_winclip_predict_equals_anomalib(winclip_run) -> None:
+    reference, detector, ours = winclip_run
+    prediction = ours["prediction"]
+    np.testing.assert_allclose(prediction.scores, reference["image_scores"], rtol=1e-4, atol=1e-6)
+    assert detector.config.sigma == 0  # anomalib does not smooth
+    assert prediction.maps.shape == reference["anomaly_map"].shape
+    assert_map_close(prediction.maps, reference["anomaly_map"])
+    # the patch-level map behind it: upsampling ours must give back the reference's
+    patch = F.interpolate(_t(reference["patch_map"])[:, None], size=(240, 240), mode="bilinear", align_corners=False)
+    assert_map_close(prediction.maps, patch[:, 0].numpy())
+
+
+# ---------------------------------------------------------------------------------------- SDP
+@pytest.fixture(scope="module")
+def sdp_reference() -> dict[str, np.ndarray]:
+    reference = load_fixture("sdp_clipad.npz")
+    pixels = reference_pixels()
+    np.testing.assert_allclose(
+        reference["pixels_checksum"], [pixels.sum().item(), pixels[0, 0, 0, 0].item()], rtol=1e-6
+    )
+    return reference
+
+
+@pytest.fixture(scope="module")
+def sdp_paths(sdp_reference):
+    backbone = reference_backbone()
+    assert backbone.default_layers() == tuple(sdp_reference["features_list"].tolist())
+    with torch.no_grad():
+        return {
+            aliasing: staged_dual_path(backbone, reference_pixels(), backbone.default_layers(), aliasing)
+            for aliasing in (True, False)
+        }
+
+
+def _sdp(rvs: str = "dbscan", **settings) -> SDP:
+    return create_detector(
+        "sdp", model="zsad-tiny", image_size=240, device="cpu", precision="fp32", rvs=rvs, **settings
+    )
+
+
+def test_sdp_prompts_sentence_embeddings_and_dbscan(sdp_reference) -> None:
+    from sklearn.cluster import DBSCAN
+
+    backbone = reference_backbone()
+    normal, abnormal = CLIPAD_PROMPTS.sentences(CLASS_NAME)
+    assert (len(normal), len(abnormal)) == (198, 220)
+    for name, sentences in (("normal", normal), ("abnormal", abnormal)):
+        embeddings = F.normalize(backbone.encode_text(sentences), dim=-1)
+        torch.testing.assert_close(embeddings, _t(sdp_reference[f"sentence_embeddings_{name}"]), rtol=0, atol=1e-5)
+        labels = DBSCAN(eps=0.5, min_samples=15).fit(embeddings.double().numpy()).labels_
+        np.testing.assert_array_equal(labels, sdp_reference[f"dbscan_labels_{name}"])
+
+
+@pytest.mark.parametrize("rvs", ["dbscan", "mean", "kde", "mean_shift", "pca"])
+def test_sdp_representative_vectors(sdp_reference, rvs: str) -> None:
+    """Our RVS keeps fp32; the reference's fp32 run (``*_fp32``) is the one to match exactly."""
+    expected = sdp_reference[f"text_features_{rvs}_fp32"]
+    anchors = torch.stack(
+        [
+            representative_vector(_t(sdp_reference[f"sentence_embeddings_{name}"]), method=rvs)
+            for name in ("normal", "abnormal")
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(anchors, _t(expected), rtol=0, atol=1e-5)
+    if rvs in ("dbscan", "mean"):  # and through the detector's own prepare (text encoder + RVS + cache)
+        torch.testing.assert_close(_sdp(rvs).prepare(CLASS_NAME)._prepared.features, _t(expected), rtol=0, atol=1e-5)
+    if f"text_features_{rvs}" in sdp_reference:  # the fp16-rounded original stays within fp16 rounding
+        np.testing.assert_allclose(anchors.numpy(), sdp_reference[f"text_features_{rvs}"], rtol=0, atol=2e-3)
+
+
+def test_sdp_dual_path_features(sdp_reference, sdp_paths) -> None:
+    aliased, clean = sdp_paths[True], sdp_paths[False]
+    surgery = torch.stack([F.normalize(stage, dim=-1) for stage in aliased.surgery])  # (4, B, 1+N, D)
+    torch.testing.assert_close(surgery, _t(sdp_reference["surgery_features"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.stack([tokens[:, 0] for tokens in aliased.original]), _t(sdp_reference["ori_features"]), rtol=0, atol=1e-5
+    )
+    clean_cls = torch.stack([F.normalize(stage[:, 0], dim=-1) for stage in clean.surgery])
+    torch.testing.assert_close(clean_cls, _t(sdp_reference["surgery_cls_noalias"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.stack([tokens[:, 0] for tokens in clean.original]),
+        _t(sdp_reference["ori_features_noalias"]),
+        rtol=0,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "variant", ["dbscan", "dbscan_fp32", "mean", "dbscan_noalias", "dbscan_fp32_noalias", "mean_noalias"]
+)
+def test_sdp_feature_surgery_and_patch_maps(sdp_reference, sdp_paths, variant: str) -> None:
+    rvs = variant.removesuffix("_noalias")
+    paths = sdp_paths[not variant.endswith("_noalias")]
+    anchors = _t(sdp_reference[f"text_features_{rvs}"])  # the reference's own anchors (fp16-rounded where it rounded)
+    stages = [feature_surgery(F.normalize(stage, dim=-1), anchors) for stage in paths.surgery]
+    similarity = sum(stages)
+    torch.testing.assert_close(torch.stack(stages), _t(sdp_reference[f"stage_similarity_{variant}"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(similarity, _t(sdp_reference[f"similarity_{variant}"]), rtol=0, atol=2e-5)
+    assert_map_close(similarity[:, 1:, 1].reshape(2, 15, 15).numpy(), sdp_reference[f"patch_map_{variant}"])
+
+
+@pytest.mark.parametrize("rvs", ["dbscan", "mean"])
+def test_sdp_predict_equals_clipad(sdp_reference, rvs: str) -> None:
+    pixels = reference_pixels()
+    detector = _sdp(rvs)
+    assert detector.config.sigma == 8 == int(sdp_reference["sigma"])
+    anchors = _t(sdp_reference[f"text_features_{rvs}"])
+    unsmoothed = SDP(SDPConfig(model="zsad-tiny", image_size=240, sigma=0.0), detector.backbone)
+    with torch.no_grad():
+        prediction = detector.predict(pixels, anchors)
+        raw = unsmoothed.predict(pixels, anchors)
+    assert_map_close(prediction.maps[:, ::4, ::4], sdp_reference[f"map_s8_{rvs}_sub4"])
+    assert_map_close(raw.maps[:, ::4, ::4], sdp_reference[f"map_raw_{rvs}_sub4"])
+    if rvs == "dbscan":
+        assert_map_close(prediction.maps[0], sdp_reference["map_s8_dbscan_img0"])
+    np.testing.assert_allclose(prediction.extras["p_cls"], sdp_reference[f"p_cls_{rvs}"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(prediction.extras["p_max"], sdp_reference[f"p_max_s8_{rvs}"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(raw.extras["p_max"], sdp_reference[f"p_max_raw_{rvs}"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["dbscan_fp32", "dbscan_fp32_noalias", "mean_noalias"])
+def test_sdp_end_to_end_from_prompts(sdp_reference, variant: str) -> None:
+    """prepare() + predict(), no reference numbers fed in: our fp32 RVS against the reference's fp32 run."""
+    rvs = variant.split("_")[0]
+    detector = _sdp(rvs, reference_aliasing=not variant.endswith("_noalias")).prepare(CLASS_NAME)
+    with torch.no_grad():
+        prediction = detector.predict(reference_pixels(), detector._prepared.features)
+    np.testing.assert_allclose(prediction.extras["p_cls"], sdp_reference[f"p_cls_{variant}"], rtol=1e-4, atol=1e-6)
+    span = float(np.ptp(sdp_reference[f"patch_map_{variant}"]))
+    np.testing.assert_allclose(
+        prediction.extras["p_max"], sdp_reference[f"p_max_s8_{variant}"], rtol=0, atol=MAP_TOLERANCE * span
+    )
