@@ -44,8 +44,8 @@ Paper <-> code discrepancies (methods.md §2.12), and which one this follows:
 5. The positional embedding is resized to 518 px bicubically *without* antialiasing (what
    :mod:`zsad_core.backbone` does by default, as the authors' loader does).
 
-Deviations from the authors' code (all but the last are off by default or have no effect on a
-batch of one image):
+Deviations from the authors' code (checked against it number by number on random weights in
+``tests/test_adaclip.py``, with ``tests/fixtures/reference/adaclip_authors.npz``):
 
 - Batches: each image gets its own dynamic text prompts and text pass (the authors broadcast
   one image's prompts over a batch, which is why their batch size must be 1).
