@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -759,6 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.debug:  # one readable line per warning, without the library source line under it
+        warnings.formatwarning = lambda message, category, *_args, **_kwargs: f"warning: {message}\n"
     started = time.perf_counter()
     try:
         status = int(args.handler(args))
