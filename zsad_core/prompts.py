@@ -148,30 +148,14 @@ WINCLIP_PROMPTS = PromptSet(
 # CLIP-AD (Chen et al. 2023), util/prompt_ensemble.py: 9 normal and 10 abnormal states and the 22
 # WinCLIP templates in CLIP-AD's own order (the "a photo of ..." ones differ in order). Order does not
 # change a mean, but it does change which cluster DBSCAN gives a border point, so RVS follows the code.
-CLIPAD_TEMPLATES = (
-    "a cropped photo of the {}.",
-    "a cropped photo of a {}.",
-    "a close-up photo of a {}.",
-    "a close-up photo of the {}.",
-    "a bright photo of a {}.",
-    "a bright photo of the {}.",
-    "a dark photo of the {}.",
-    "a dark photo of a {}.",
-    "a jpeg corrupted photo of a {}.",
-    "a jpeg corrupted photo of the {}.",
-    "a blurry photo of the {}.",
-    "a blurry photo of a {}.",
+CLIPAD_TEMPLATES = WINCLIP_TEMPLATES[:12] + (
     "a photo of the {}.",
     "a photo of a {}.",
     "a photo of a large {}.",
     "a photo of the small {}.",
     "a photo of the large {}.",
     "a photo of a small {}.",
-    "a photo of the {} for visual inspection.",
-    "a photo of a {} for visual inspection.",
-    "a photo of the {} for anomaly detection.",
-    "a photo of a {} for anomaly detection.",
-)
+) + WINCLIP_TEMPLATES[18:]
 CLIPAD_PROMPTS = PromptSet(
     normal_states=(
         "flawless {}",
