@@ -162,7 +162,7 @@ def test_text_hook_overwrites_positions_1_to_M_in_blocks_1_to_J_minus_1(monkeypa
     text = detector._prepared.features
     with torch.no_grad():
         _, dynamic_text = learned.dynamic_prompts(backbone.encode_image(random_pixels(1)).embedding)
-        ours = detector.text_features([text], dynamic_text)[0]
+        ours = detector.text_features([text], dynamic_text)[0][0]
     assert captured["min_length"] == 1 + 4
     hook = captured["hook"]
     count, width = len(text.token_ids), backbone.text_width

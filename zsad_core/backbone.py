@@ -214,6 +214,28 @@ def _hub_download(repo_id: str, filenames: Sequence[str], what: str, looked_in: 
     )
 
 
+def local_pretrained_file(arch: str, tag: str) -> Path | None:
+    """The weights of ``arch`` with pretrained ``tag`` when they are already on this disk, else None.
+
+    Looks in the local weights folders and the Hugging Face cache only: no network, no download, so
+    a page can ask it for every model it offers.
+    """
+    if tag not in open_clip.list_pretrained_tags_by_model(arch):
+        return None
+    for candidate in _local_weight_candidates(arch, tag):
+        if candidate.is_file():
+            return candidate
+    repo_id = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "").strip("/")
+    if repo_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in WEIGHT_FILE_NAMES:
+            cached = try_to_load_from_cache(repo_id, filename)
+            if isinstance(cached, str):
+                return Path(cached)
+    return None
+
+
 def resolve_pretrained_file(arch: str, tag: str) -> Path:
     """Path of the weights for ``arch`` with pretrained ``tag``: local folders, cache, then download."""
     tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -590,3 +612,9 @@ def create_backbone(
 def clear_backbone_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+def release_backbone(spec: BackboneSpec) -> bool:
+    """Drop one backbone from the cache (a bounded model pool calls this); True when it was cached."""
+    with _CACHE_LOCK:
+        return _CACHE.pop(spec, None) is not None

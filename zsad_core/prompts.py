@@ -255,6 +255,29 @@ class TextFeatureCache:
 
 
 TEXT_FEATURE_CACHE = TextFeatureCache()
+# Raw sentence embeddings, shared by every method and reducer on one backbone: anchors are reduced
+# from them, and prompt explanations (:mod:`zsad_core.explain`) re-reduce them without a text pass.
+SENTENCE_CACHE = TextFeatureCache(max_entries=64)
+
+
+def sentence_embeddings(backbone: ClipBackbone, class_name: str, prompts: PromptSet) -> torch.Tensor:
+    """Raw (not normalised) embeddings of ``prompts.sentences(class_name)``, normal sentences first.
+
+    Returns:
+        (P, D) float32 tensor on the backbone's device, rows in the order of
+        :meth:`PromptSet.sentences` (state-major: all templates of the first state, then the next).
+    """
+    normal, abnormal = prompts.sentences(class_name)
+    key = (backbone.key, " ".join(class_name.split()), prompts)
+    return SENTENCE_CACHE.get_or_compute(key, lambda: backbone.encode_text(normal + abnormal).float())
+
+
+def reduce_anchors(embeddings: torch.Tensor, num_normal: int, reducer: str) -> torch.Tensor:
+    """(P, D) sentence embeddings, normal rows first -> (D, 2) anchors (normal, abnormal) by ``reducer``."""
+    if reducer not in REDUCERS:
+        raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
+    reduce = REDUCERS[reducer]
+    return torch.stack([reduce(embeddings[:num_normal]), reduce(embeddings[num_normal:])], dim=1).float()
 
 
 def text_anchors(
@@ -271,14 +294,10 @@ def text_anchors(
     """
     if reducer not in REDUCERS:
         raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
-    normal, abnormal = prompts.sentences(class_name)
+    num_normal = len(prompts.sentences(class_name)[0])
     key = (backbone.key, method_id, " ".join(class_name.split()), prompts, reducer)
 
     def compute() -> torch.Tensor:
-        embeddings = backbone.encode_text(normal + abnormal)
-        reduce = REDUCERS[reducer]
-        anchors = torch.stack([reduce(embeddings[: len(normal)]), reduce(embeddings[len(normal) :])], dim=1)
-        return anchors.float()
+        return reduce_anchors(sentence_embeddings(backbone, class_name, prompts), num_normal, reducer)
 
     return TEXT_FEATURE_CACHE.get_or_compute(key, compute)
-

@@ -8,6 +8,36 @@ from typing import Any
 import numpy as np
 
 
+@dataclass(frozen=True)
+class PromptEvidence:
+    """The text-side inputs of one image's text score, kept so prompts can be explained later.
+
+    The text score is ``softmax(logit_scale * e . [t_normal, t_abnormal])[abnormal]``, with ``e`` the
+    image embedding and the anchors ``t`` reduced from the sentence embeddings by ``reducer``
+    (:data:`zsad_core.prompts.REDUCERS`). Sentence rows are state-major: the rows of normal state i
+    are ``[i * T, (i + 1) * T)`` with ``T = templates_per_state``; the abnormal states follow.
+
+    Attributes:
+        image_embedding: (D,) unit image embedding the method compares with the anchors.
+        sentence_features: (P, D) float32 sentence embeddings, as the method reduces them (raw for
+            ``mean_raw``); shared between the results of one category when they do not depend on the image.
+        normal_states, abnormal_states: the prompt states, in sentence order.
+        templates_per_state: T.
+        reducer: name of the text reduction.
+        logit_scale: the factor on cosine similarities before the softmax.
+        score_name: what the text score is for this method (the image score itself, or its text part).
+    """
+
+    image_embedding: np.ndarray
+    sentence_features: np.ndarray
+    normal_states: tuple[str, ...]
+    abnormal_states: tuple[str, ...]
+    templates_per_state: int
+    reducer: str
+    logit_scale: float
+    score_name: str
+
+
 @dataclass
 class AnomalyResult:
     """What a detector returns for one image.
@@ -23,6 +53,8 @@ class AnomalyResult:
             evaluation protocol computes pixel metrics on these.
         timings: seconds spent per stage ("preprocess", "model", "postprocess", "total").
         extras: method-specific per-image values (e.g. SDP's ``p_cls`` and ``p_max``), floats only.
+        evidence: what :func:`zsad_core.explain.explain_prompts` needs to tell how much each prompt
+            state moves the score; kept only when ``detect(..., with_evidence=True)``.
     """
 
     score: float
@@ -32,6 +64,7 @@ class AnomalyResult:
     model_map: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, float] = field(default_factory=dict)
+    evidence: PromptEvidence | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:

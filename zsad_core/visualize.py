@@ -11,7 +11,17 @@ scale for several methods' maps of one image:
   colour and a normal image looks cold (the honest default);
 - ``"per_image"``: each map's own min and max (shows structure in every map, even a normal one);
 - ``"shared"``: the min and max over all the given maps, so maps of several methods are comparable
-  on one colour scale.
+  on one colour scale;
+- ``"per_method"``: each method's min and max over all the images shown together
+  (:func:`display_ranges`), so every method uses the whole colour range: the colour of a pixel says
+  where its value lies between the least and the most anomalous pixel that method found on these
+  images (0 to 1 on one relative scale). Methods' units differ by orders of magnitude (WinCLIP's
+  maps are probabilities near 0.5, SDP's are signed similarities near 0), so an absolute shared
+  scale paints most methods flat; the relative one keeps each method's structure, and images of one
+  method stay comparable with each other. For a single image it is the same as ``"per_image"``.
+
+Thresholds (:func:`relative_threshold`) are given on the same relative scale, so one slider
+position means the same thing for every method.
 
 Every function is pure (arrays and PIL images in, arrays and PIL images out); the only file
 writer is :func:`save_png`. Figures are rendered with matplotlib's Agg canvas (no display, no
@@ -21,7 +31,7 @@ pyplot global state), so the functions are safe to call from server threads.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Union
 
@@ -37,8 +47,8 @@ from .postprocess import resize_map
 from .types import AnomalyResult
 
 MapLike = Union[np.ndarray, AnomalyResult]
-RangeMode = Literal["absolute", "per_image", "shared"]
-RANGE_MODES: tuple[str, ...] = ("absolute", "per_image", "shared")
+RangeMode = Literal["absolute", "per_image", "shared", "per_method"]
+RANGE_MODES: tuple[str, ...] = ("absolute", "per_image", "shared", "per_method")
 DEFAULT_CMAP = "jet"
 
 
@@ -101,7 +111,7 @@ def display_range(
     """
     if mode not in RANGE_MODES:
         raise ValueError(f"unknown colour-scale mode {mode!r}; use one of {', '.join(RANGE_MODES)}")
-    if mode == "per_image":
+    if mode in ("per_image", "per_method"):  # per_method over a single image: see display_ranges
         return {method: map_min_max(result) for method, result in results.items()}
     if mode == "shared":
         bounds = [map_min_max(result) for result in results.values()]
@@ -118,6 +128,42 @@ def display_range(
         method_id = result.method if isinstance(result, AnomalyResult) else method
         ranges[method] = _method_map_range(method_id)
     return ranges
+
+
+def display_ranges(
+    images: Sequence[Mapping[str, MapLike]],
+    mode: RangeMode = "per_method",
+    map_ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> list[dict[str, tuple[float, float]]]:
+    """Colour scales for several images shown together, one ``{method: (vmin, vmax)}`` per image.
+
+    Args:
+        images: per image, method id -> result or map (methods may be missing on some images).
+        mode: ``"per_method"``: each method's min and max over all the images; ``"shared"``: one
+            scale over every map of every image; ``"per_image"`` and ``"absolute"``: as
+            :func:`display_range`, image by image.
+        map_ranges: as :func:`display_range`.
+    """
+    if mode not in RANGE_MODES:
+        raise ValueError(f"unknown colour-scale mode {mode!r}; use one of {', '.join(RANGE_MODES)}")
+    if mode in ("per_image", "absolute"):
+        return [display_range(results, mode, map_ranges) for results in images]
+    bounds: dict[str, list[tuple[float, float]]] = {}
+    for results in images:
+        for method, result in results.items():
+            bounds.setdefault(method, []).append(map_min_max(result))
+    fitted = {method: (min(low for low, _ in b), max(high for _, high in b)) for method, b in bounds.items()}
+    if mode == "shared" and fitted:
+        everything = (min(low for low, _ in fitted.values()), max(high for _, high in fitted.values()))
+        fitted = dict.fromkeys(fitted, everything)
+    return [{method: fitted[method] for method in results} for results in images]
+
+
+def relative_threshold(vmin: float, vmax: float, fraction: float) -> float:
+    """The map value at ``fraction`` (0..1) of the way from ``vmin`` to ``vmax``."""
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"a relative threshold must lie between 0 and 1, got {fraction}")
+    return float(vmin) + float(fraction) * (float(vmax) - float(vmin))
 
 
 # ---------------------------------------------------------------------------------------- colours
@@ -148,6 +194,60 @@ def colorize(anomaly_map: MapLike, vmin: float, vmax: float, cmap: str | Colorma
 def threshold_mask(anomaly_map: MapLike, threshold: float) -> np.ndarray:
     """(H, W) bool mask of the pixels whose value is ``>= threshold`` (NaN pixels are False)."""
     return _as_map(anomaly_map) >= float(threshold)
+
+
+def outline(
+    image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255), width: int | None = None
+) -> Image.Image:
+    """``image`` with the border of ``mask``'s regions drawn in ``colour``.
+
+    Args:
+        image: any PIL image (drawn as RGB), of the mask's size.
+        mask: (H, W) bool mask.
+        colour: RGB of the line.
+        width: line width in pixels (default: about 0.6% of the image's longer side, at least 1).
+    Returns:
+        A new RGB image; the input is unchanged.
+    """
+    from scipy.ndimage import binary_dilation
+    from skimage.segmentation import find_boundaries
+
+    rgb = np.array(image.convert("RGB"))
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask of shape {mask.shape} does not fit an image of {rgb.shape[1]}x{rgb.shape[0]}")
+    width = width or max(1, round(max(mask.shape) * 0.006))
+    border = find_boundaries(mask, mode="inner")
+    if width > 1:
+        border = binary_dilation(border, iterations=width - 1) & mask
+    rgb[border] = colour
+    return Image.fromarray(rgb)
+
+
+def colorbar_strip(
+    vmin: float,
+    vmax: float,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    label: str = "",
+    width_inches: float = 6.0,
+    dpi: int = 100,
+) -> Image.Image:
+    """A horizontal colour bar from ``vmin`` (left) to ``vmax`` (right) with ticks and a caption.
+
+    Returns:
+        RGB image about ``width_inches * dpi`` pixels wide.
+    """
+    figure = Figure(figsize=(width_inches, 0.85 if label else 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    scale = ScalarMappable(norm=Normalize(vmin, vmax if vmax > vmin else vmin + 1e-12), cmap=get_colormap(cmap))
+    bar = figure.colorbar(scale, cax=axis, orientation="horizontal")
+    bar.ax.tick_params(labelsize=8)
+    if label:
+        bar.set_label(label, fontsize=8)
+    figure.set_dpi(dpi)
+    figure.canvas.draw()
+    return Image.fromarray(np.ascontiguousarray(np.asarray(figure.canvas.buffer_rgba())[..., :3]))
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -243,6 +343,31 @@ def overlay(
     blended = (1.0 - alpha) * np.asarray(rgb, dtype=np.float32) + alpha * colours
     result = Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8))
     return with_colorbar(result, vmin, vmax, cmap) if colorbar else result
+
+
+def threshold_overlay(
+    image: Image.Image,
+    anomaly_map: MapLike,
+    vmin: float,
+    vmax: float,
+    threshold: float | None = None,
+    alpha: float = 0.5,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    colour: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """:func:`overlay` on ``[vmin, vmax]``, with the outline of the pixels at or above a relative threshold.
+
+    Args:
+        image, anomaly_map, vmin, vmax, alpha, cmap: as :func:`overlay` (the map at the image's size).
+        threshold: fraction (0..1) of the way from ``vmin`` to ``vmax`` (:func:`relative_threshold`);
+            None draws no outline.
+        colour: RGB of the outline.
+    """
+    drawn = overlay(image, anomaly_map, vmin, vmax, alpha=alpha, cmap=cmap)
+    if threshold is None:
+        return drawn
+    mask = threshold_mask(anomaly_map, relative_threshold(vmin, vmax, threshold))
+    return outline(drawn, mask, colour)
 
 
 # ----------------------------------------------------------------------------------------- panels

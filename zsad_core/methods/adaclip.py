@@ -84,10 +84,10 @@ from torch import nn
 from ..backbone import ClipBackbone
 from ..losses import dice_loss, focal_loss
 from ..postprocess import gaussian_smooth, upsample_patch_maps
-from ..prompts import ADACLIP_PROMPTS, PromptSet, text_anchors
+from ..prompts import ADACLIP_PROMPTS, PromptSet, sentence_embeddings, text_anchors
 from ..registry import register_method
 from ..types import MethodInfo
-from .base import MethodConfig, Prediction
+from .base import MethodConfig, Prediction, PreparedText
 from .learnable import CheckpointMismatchError, LearnableDetector, TrainingOutput
 
 LOGIT_SCALE = 100.0  # hard-coded by the authors (the model's own logit_scale is ignored)
@@ -384,6 +384,8 @@ class AdaCLIPFeatures:
         patch_features: per tap layer, (B, N, D) normalised projected patch tokens F_l.
         global_feature: (B, D) normalised projected global embedding f_cls.
         text: (B, D, 2) text anchors for each image, columns (normal, abnormal).
+        sentences: (B, P, D) unit sentence embeddings behind ``text`` when they depend on the image
+            (dynamic text prompts), else None.
     """
 
     global_embedding: torch.Tensor | None
@@ -394,6 +396,7 @@ class AdaCLIPFeatures:
     patch_features: list[torch.Tensor]
     global_feature: torch.Tensor
     text: torch.Tensor
+    sentences: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------- detector
@@ -505,14 +508,17 @@ class AdaCLIP(LearnableDetector):
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> AdaCLIPText:
         return self._text_for(class_name, prompts)
 
-    def _prompted_text_pass(self, texts: Sequence[AdaCLIPText], dynamic_text: torch.Tensor | None) -> torch.Tensor:
+    def _prompted_text_pass(
+        self, texts: Sequence[AdaCLIPText], dynamic_text: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text anchors with prompts: one text pass over all sentences of all ``texts``.
 
         Args:
             texts: one entry per prompt set (image, or class when the prompts do not depend on the image).
             dynamic_text: (len(texts), M, C_t) dynamic tokens of each entry, or None (static only).
         Returns:
-            (len(texts), D, 2) anchors.
+            (len(texts), D, 2) anchors, and (len(texts), P, D) unit sentence embeddings (all ``texts``
+            have the same prompts here: one category per call).
         """
         learned, length = self.learned, self.config.prompt_length
         counts = torch.tensor([len(text.token_ids) for text in texts], device=self.device)
@@ -531,44 +537,73 @@ class AdaCLIP(LearnableDetector):
 
         embeddings = self.backbone.text_forward(ids, hook=insert_prompts, min_length=1 + length).float()
         embeddings = F.normalize(embeddings, dim=-1)
-        anchors = []
+        anchors, sentences = [], []
         for text, chunk in zip(texts, embeddings.split(counts.tolist())):
             normal = F.normalize(chunk[: text.num_normal].mean(0), dim=-1)
             abnormal = F.normalize(chunk[text.num_normal :].mean(0), dim=-1)
             anchors.append(torch.stack([normal, abnormal], dim=1))
-        return torch.stack(anchors)
+            sentences.append(chunk)
+        same_size = len({len(chunk) for chunk in sentences}) == 1
+        return torch.stack(anchors), torch.stack(sentences) if same_size else torch.empty(0)
 
-    def _static_text_anchors(self, text: AdaCLIPText) -> torch.Tensor:
-        """(D, 2) anchors with static text prompts only; cached while the prompts are unchanged."""
+    def _static_text_pass(self, text: AdaCLIPText) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, 2) anchors and (P, D) sentence embeddings with static text prompts only; cached while
+        the prompts are unchanged."""
         if torch.is_grad_enabled():
-            return self._prompted_text_pass([text], None)[0]
+            anchors, sentences = self._prompted_text_pass([text], None)
+            return anchors[0], sentences[0]
         params = self.learned.text_static_prompts
         state = tuple((p.data_ptr(), p._version) for p in params) if params is not None else ()
         key = (text.class_name, text.prompts, state)
-        if key not in self._static_text_cache:
+        cached = self._static_text_cache.get(key)
+        if cached is None:
             if len(self._static_text_cache) >= 64:
                 self._static_text_cache.clear()
-            self._static_text_cache[key] = self._prompted_text_pass([text], None)[0]
-        return self._static_text_cache[key]
+            anchors, sentences = self._prompted_text_pass([text], None)
+            cached = self._static_text_cache[key] = (anchors[0], sentences[0])
+        return cached
 
-    def text_features(self, texts: Sequence[AdaCLIPText], dynamic_text: torch.Tensor | None) -> torch.Tensor:
+    def _static_text_anchors(self, text: AdaCLIPText) -> torch.Tensor:
+        """(D, 2) anchors with static text prompts only (see :meth:`_static_text_pass`)."""
+        return self._static_text_pass(text)[0]
+
+    text_reducer = "mean"
+    text_logit_scale = LOGIT_SCALE
+
+    @property
+    def text_score_name(self) -> str:  # type: ignore[override]
+        if self.config.use_hsf:
+            return "image score (the HSF-fused image embedding held fixed)"
+        return "image score"
+
+    def sentence_features(self, prepared: PreparedText) -> torch.Tensor:
+        """(P, D) sentence embeddings of the category when they do not depend on the image."""
+        text: AdaCLIPText = prepared.features
+        if self.learned.text_prompted:
+            return self._static_text_pass(text)[1]
+        return sentence_embeddings(self.backbone, text.class_name, text.prompts)
+
+    def text_features(
+        self, texts: Sequence[AdaCLIPText], dynamic_text: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text anchors for each image of a batch.
 
         Args:
             texts: B entries, the text side of each image's class.
             dynamic_text: (B, M, C_t) dynamic text tokens, or None.
         Returns:
-            (B, D, 2) normalised anchors, columns (normal, abnormal).
+            (B, D, 2) normalised anchors, columns (normal, abnormal), and, when they depend on the
+            image, the (B, P, D) unit sentence embeddings they were reduced from (else None).
         """
         if not self.learned.text_prompted:
-            return torch.stack([text.fixed_anchors for text in texts]).to(self.device)
+            return torch.stack([text.fixed_anchors for text in texts]).to(self.device), None
         if dynamic_text is None:
             unique: dict[tuple, torch.Tensor] = {}
             for text in texts:
                 key = (text.class_name, text.prompts)
                 if key not in unique:
                     unique[key] = self._static_text_anchors(text)
-            return torch.stack([unique[(text.class_name, text.prompts)] for text in texts])
+            return torch.stack([unique[(text.class_name, text.prompts)] for text in texts]), None
         return self._prompted_text_pass(texts, dynamic_text)
 
     # ------------------------------------------------------------------------------------ image
@@ -625,7 +660,7 @@ class AdaCLIP(LearnableDetector):
             F.normalize(projection(tap.float()), dim=-1) for projection, tap in zip(learned.patch_projections, taps)
         ]
         global_feature = F.normalize(learned.global_projection(pooled.float()), dim=-1)
-        text = self.text_features(texts, dynamic_text)
+        text, sentences = self.text_features(texts, dynamic_text)
         return AdaCLIPFeatures(
             global_embedding=global_embedding,
             dynamic_visual=dynamic_visual,
@@ -635,6 +670,7 @@ class AdaCLIP(LearnableDetector):
             patch_features=patch_features,
             global_feature=global_feature,
             text=text,
+            sentences=sentences,
         )
 
     # ------------------------------------------------------------------------------ similarities
@@ -653,20 +689,25 @@ class AdaCLIP(LearnableDetector):
             for layer in logits
         ]
 
+    def image_embedding(
+        self, features: AdaCLIPFeatures, logits: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, HSFResult | None]:
+        """(B, D) unit image embedding of the image score: HSF-fused when ``use_hsf``, else ``f_cls``."""
+        config = self.config
+        if not config.use_hsf:
+            return features.global_feature, None
+        patch_probs = torch.stack(list(logits)).mean(0).softmax(dim=-1)[..., 1]
+        fusion = hybrid_semantic_fusion(
+            features.patch_features, patch_probs, config.hsf_clusters, config.hsf_topk_factor, config.hsf_seed
+        )
+        mixed = config.hsf_alpha * fusion.embedding + (1.0 - config.hsf_alpha) * features.global_feature
+        return F.normalize(mixed, dim=-1), fusion
+
     def image_probabilities(
         self, features: AdaCLIPFeatures, logits: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, HSFResult | None]:
         """(B, 2) image-level (normal, abnormal) probabilities, with HSF when ``use_hsf``."""
-        config = self.config
-        image_feature = features.global_feature
-        fusion = None
-        if config.use_hsf:
-            patch_probs = torch.stack(list(logits)).mean(0).softmax(dim=-1)[..., 1]
-            fusion = hybrid_semantic_fusion(
-                features.patch_features, patch_probs, config.hsf_clusters, config.hsf_topk_factor, config.hsf_seed
-            )
-            mixed = config.hsf_alpha * fusion.embedding + (1.0 - config.hsf_alpha) * image_feature
-            image_feature = F.normalize(mixed, dim=-1)
+        image_feature, fusion = self.image_embedding(features, logits)
         scores = LOGIT_SCALE * torch.bmm(image_feature.unsqueeze(1), features.text).squeeze(1)
         return scores.softmax(dim=-1), fusion
 
@@ -676,12 +717,15 @@ class AdaCLIP(LearnableDetector):
         logits = self.patch_logits(features)
         averaged = torch.stack(self.upsampled_logits(logits)).mean(0)  # (B, 2, S, S)
         maps = gaussian_smooth(averaged.softmax(dim=1)[:, 1], self.config.sigma)
-        image_probs, _ = self.image_probabilities(features, logits)
+        image_feature, _ = self.image_embedding(features, logits)
+        image_probs = (LOGIT_SCALE * torch.bmm(image_feature.unsqueeze(1), features.text)).squeeze(1).softmax(dim=-1)
         global_probs = (LOGIT_SCALE * torch.bmm(features.global_feature.unsqueeze(1), features.text)).softmax(dim=-1)
         return Prediction(
             scores=image_probs[:, 1].detach().float().cpu().numpy().astype(np.float64),
             maps=maps,
             extras={"global_score": global_probs[:, 0, 1].detach().float().cpu().numpy().astype(np.float64)},
+            embeddings=image_feature,
+            sentence_features=features.sentences,
         )
 
     # --------------------------------------------------------------------------------- training

@@ -15,6 +15,7 @@ a UI and never pick colours.
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -28,8 +29,8 @@ from PIL import Image
 from ..backbone import ClipBackbone
 from ..postprocess import resize_map
 from ..preprocess import ImageInput, images_to_batch, load_image
-from ..prompts import PromptSet
-from ..types import AnomalyResult, MethodInfo
+from ..prompts import PromptSet, sentence_embeddings
+from ..types import AnomalyResult, MethodInfo, PromptEvidence
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,17 @@ class Prediction:
         scores: (B,) image scores.
         maps: (B, S, S) float32 anomaly maps at the model input size, smoothed.
         extras: name -> (B,) per-image values worth reporting (method specific).
+        embeddings: (B, D) unit image embeddings the text score compares with the anchors, or None
+            for a method without a text score.
+        sentence_features: (B, P, D) per-image sentence embeddings when the text side depends on
+            the image (AdaCLIP's dynamic prompts), else None (the category's shared ones are used).
     """
 
     scores: np.ndarray
     maps: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None
+    sentence_features: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class Detector(ABC):
     info: ClassVar[MethodInfo]
     config_class: ClassVar[type[MethodConfig]]
     default_prompts: ClassVar[PromptSet]
+    # What the text score (see :class:`~zsad_core.types.PromptEvidence`) is for this method.
+    text_score_name: ClassVar[str] = "image score"
 
     def __init__(self, config: MethodConfig, backbone: ClipBackbone) -> None:
         self.config = config
@@ -139,9 +148,70 @@ class Detector(ABC):
         self._prepared = PreparedText(category=" ".join(category.split()), prompts=prompts, features=features)
         return self
 
+    def prepared(
+        self,
+        category: str,
+        prompts: PromptSet | None = None,
+        *,
+        normal_states: Sequence[str] | None = None,
+        abnormal_states: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Detector:
+        """A new detector prepared for ``category``, sharing this one's backbone and trained parts.
+
+        Unlike :meth:`prepare`, this one is left unchanged, so a server can keep one detector per
+        model and give each request its own category and prompts without any shared mutable state
+        (the weights are only read). Arguments as :meth:`prepare`.
+        """
+        twin = copy.copy(self)
+        twin._prepared = None
+        return twin.prepare(
+            category, prompts, normal_states=normal_states, abnormal_states=abnormal_states, templates=templates
+        )
+
     @abstractmethod
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> Any:
         """Compute (or fetch from the cache) the text features for a category."""
+
+    # ------------------------------------------------------------------------------ text evidence
+    @property
+    def text_reducer(self) -> str:
+        """Name of the reduction from sentence embeddings to anchors (:data:`~zsad_core.prompts.REDUCERS`)."""
+        raise NotImplementedError(f"{self.method_id} does not describe its text reduction")
+
+    @property
+    def text_logit_scale(self) -> float:
+        """The factor on cosine similarities before the text score's softmax."""
+        raise NotImplementedError(f"{self.method_id} does not describe its text score")
+
+    def sentence_features(self, prepared: PreparedText) -> torch.Tensor:
+        """(P, D) sentence embeddings of a prepared category, as :attr:`text_reducer` reduces them."""
+        return sentence_embeddings(self.backbone, prepared.category, prepared.prompts)
+
+    def _evidence(self, prediction: Prediction, prepared: PreparedText) -> list[PromptEvidence]:
+        """One :class:`PromptEvidence` per image of ``prediction``."""
+        if prediction.embeddings is None:
+            raise NotImplementedError(f"{self.method_id} does not report the image embedding of its text score")
+        embeddings = prediction.embeddings.detach().float().cpu().numpy()
+        if prediction.sentence_features is not None:
+            per_image = list(prediction.sentence_features.detach().float().cpu().numpy())
+        else:  # one array shared by every result of the category
+            shared = self.sentence_features(prepared).detach().float().cpu().numpy()
+            per_image = [shared] * len(embeddings)
+        prompts = prepared.prompts
+        return [
+            PromptEvidence(
+                image_embedding=embedding,
+                sentence_features=sentences,
+                normal_states=prompts.normal_states,
+                abnormal_states=prompts.abnormal_states,
+                templates_per_state=len(prompts.templates),
+                reducer=self.text_reducer,
+                logit_scale=float(self.text_logit_scale),
+                score_name=self.text_score_name,
+            )
+            for embedding, sentences in zip(embeddings, per_image)
+        ]
 
     # ------------------------------------------------------------------------------------- detect
     @abstractmethod
@@ -155,13 +225,19 @@ class Detector(ABC):
 
     @torch.no_grad()
     def detect(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        *,
+        with_evidence: bool = False,
     ) -> AnomalyResult | list[AnomalyResult]:
         """Anomaly score and map for one image, or a list of results for a sequence of images.
 
         Args:
             images: a path, bytes, PIL image or (H, W[, C]) array, or a list of them.
             batch_size: images per forward pass (default: the config's).
+            with_evidence: keep each result's :class:`~zsad_core.types.PromptEvidence`, for
+                :func:`zsad_core.explain.explain_prompts`.
         Returns:
             :class:`AnomalyResult` (or a list), each map at its input image's own resolution.
         Raises:
@@ -187,6 +263,7 @@ class Detector(ABC):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             predicted_at = time.perf_counter()
+            evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
             for index, size in enumerate(sizes):
                 model_map = np.asarray(prediction.maps[index], dtype=np.float32)
                 results.append(
@@ -197,6 +274,7 @@ class Detector(ABC):
                         category=prepared.category,
                         model_map=model_map,
                         extras={name: float(values[index]) for name, values in prediction.extras.items()},
+                        evidence=evidence[index],
                     )
                 )
             finished_at = time.perf_counter()

@@ -258,9 +258,15 @@ class SDP(Detector):
     def stage_ends(self) -> tuple[int, ...]:
         return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers()
 
+    text_score_name = "p_cls, the class-token part of the image score (the map maximum is the other part)"
+    text_logit_scale = 100.0
+
+    @property
+    def text_reducer(self) -> str:
+        return rvs_reducer_name(self.config.rvs, self.config.rvs_eps, self.config.rvs_min_samples)
+
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
-        reducer = rvs_reducer_name(self.config.rvs, self.config.rvs_eps, self.config.rvs_min_samples)
-        return text_anchors(self.backbone, class_name, prompts, reducer=reducer, method_id="clipad")
+        return text_anchors(self.backbone, class_name, prompts, reducer=self.text_reducer, method_id="clipad")
 
     def surgery_similarity(self, pixels: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, DualPathOutput]:
         """Summed feature-surgery similarities over the stages, (B, 1+N, 2), and the raw path outputs."""
@@ -268,10 +274,14 @@ class SDP(Detector):
         similarity = sum(feature_surgery(F.normalize(s.float(), dim=-1), anchors) for s in paths.surgery)
         return similarity, paths
 
+    @staticmethod
+    def class_embedding(paths: DualPathOutput) -> torch.Tensor:
+        """(B, D) unit embedding of the last stage's class token (what ``p_cls`` compares with the text)."""
+        return F.normalize(paths.surgery[-1][:, 0].float(), dim=-1)
+
     def class_probability(self, paths: DualPathOutput, anchors: torch.Tensor) -> torch.Tensor:
         """(B,) ``softmax(100 * cos(global, T))[abnormal]`` from the last stage's class token."""
-        cls = F.normalize(paths.surgery[-1][:, 0].float(), dim=-1)
-        return (100.0 * cls @ anchors).softmax(dim=-1)[:, 1]
+        return (self.text_logit_scale * self.class_embedding(paths) @ anchors).softmax(dim=-1)[:, 1]
 
     def unsmoothed_map(self, similarity: torch.Tensor) -> torch.Tensor:
         """(B, 1+N, 2) summed similarities -> (B, S, S) abnormal-channel map, upsampled, not smoothed."""
@@ -282,13 +292,15 @@ class SDP(Detector):
     def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
         similarity, paths = self.surgery_similarity(pixels, text)
         maps = gaussian_smooth(self.unsmoothed_map(similarity), self.config.sigma)
-        return self._scored(maps, self.class_probability(paths, text))
+        return self._scored(maps, self.class_probability(paths, text), self.class_embedding(paths))
 
-    def _scored(self, maps: np.ndarray, p_cls: torch.Tensor) -> Prediction:
+    def _scored(self, maps: np.ndarray, p_cls: torch.Tensor, embeddings: torch.Tensor) -> Prediction:
         p_cls_np = p_cls.float().cpu().numpy().astype(np.float64)
         p_max = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
         single = 0.5 * p_cls_np + 0.5 / (1.0 + np.exp(-p_max / self.config.map_score_scale))
-        return Prediction(scores=single, maps=maps, extras={"p_cls": p_cls_np, "p_max": p_max})
+        return Prediction(
+            scores=single, maps=maps, extras={"p_cls": p_cls_np, "p_max": p_max}, embeddings=embeddings
+        )
 
     def dataset_scores(self, results: Sequence[AnomalyResult]) -> np.ndarray:
         """The paper's image score: ``minmax(p_cls) + minmax(p_max)`` over one category's test set."""
@@ -396,7 +408,7 @@ class SDPPlus(LearnableDetector, SDP):
         similarity, paths = self.surgery_similarity(pixels, text)
         fine_tuned = sum(probs[:, 1] for probs in self.stage_probabilities(paths.original, text))
         maps = gaussian_smooth(self.unsmoothed_map(similarity) + fine_tuned, self.config.sigma)
-        return self._scored(maps, self.class_probability(paths, text))
+        return self._scored(maps, self.class_probability(paths, text), self.class_embedding(paths))
 
     # ------------------------------------------------------------------------------------ training
     def training_forward(self, pixels: torch.Tensor, class_names: Sequence[str]) -> TrainingOutput:

@@ -284,7 +284,11 @@ class LearnableDetector(Detector):
 
     # -------------------------------------------------------------------------------------- detect
     def detect(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        *,
+        with_evidence: bool = False,
     ) -> AnomalyResult | list[AnomalyResult]:
         """As :meth:`Detector.detect`; warns once when the learned parts were never trained or loaded."""
         if not self.trained and not self._warned_untrained and self._prepared is not None:
@@ -296,7 +300,7 @@ class LearnableDetector(Detector):
                 UserWarning,
                 stacklevel=2,
             )
-        return super().detect(images, batch_size=batch_size)
+        return super().detect(images, batch_size=batch_size, with_evidence=with_evidence)
 
     # ------------------------------------------------------------------------------------ training
     @abstractmethod

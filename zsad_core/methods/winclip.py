@@ -99,8 +99,14 @@ class WinCLIP(Detector):
     default_prompts = WINCLIP_PROMPTS
     config: WinCLIPConfig
 
+    text_reducer = "mean_raw"
+
+    @property
+    def text_logit_scale(self) -> float:
+        return 1.0 / self.config.temperature
+
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
-        return text_anchors(self.backbone, class_name, prompts, reducer="mean_raw", method_id=self.method_id)
+        return text_anchors(self.backbone, class_name, prompts, reducer=self.text_reducer, method_id=self.method_id)
 
     def _class_scores(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """(..., D) embeddings -> (...) abnormal probability ``softmax(cos / tau)[1]``."""
@@ -135,7 +141,8 @@ class WinCLIP(Detector):
         x = backbone.visual.ln_pre(tokens)
         for block in backbone.blocks:
             x = block(x)
-        image_scores = self._class_scores(backbone.pool(x), text)  # (B,)
+        pooled = backbone.pool(x)
+        image_scores = self._class_scores(pooled, text)  # (B,)
 
         inverse = (1.0 / image_scores)[:, None]  # the image score is the coarsest "scale"
         for scale in self.config.scales:
@@ -147,4 +154,5 @@ class WinCLIP(Detector):
         return Prediction(
             scores=image_scores.cpu().numpy().astype(np.float64),
             maps=gaussian_smooth(maps, self.config.sigma),
+            embeddings=F.normalize(pooled.float(), dim=-1),
         )

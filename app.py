@@ -1,0 +1,671 @@
+"""zsad in the browser: upload images, say what they show, compare every method's anomaly heatmap.
+
+    python app.py [--model NAME] [--host H] [--port N] [--share] [--device D] [--precision P]
+
+Also the Hugging Face Space's ``app_file``. This file is only the page: every computation (models,
+maps, colour scales, masks, prompt explanations, the results archive) lives in ``zsad_core`` and is
+tested there. Named API endpoints for ``gradio_client``: ``/detect`` and ``/explain`` (README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from zsad_core import __version__, get_method, list_methods
+from zsad_core.archive import score_rows, write_archive
+from zsad_core.availability import PAPER_MODELS, available_models, is_random_weights, method_status, model_status
+from zsad_core.compare import ComparisonRun, DetectorPool, run_comparison
+from zsad_core.explain import explain_prompts
+from zsad_core.prompts import PromptError, PromptSet
+from zsad_core.visualize import (
+    DEFAULT_CMAP,
+    colorbar_strip,
+    display_ranges,
+    overlay,
+    relative_threshold,
+    threshold_mask,
+    threshold_overlay,
+)
+
+try:  # ZeroGPU Spaces: run the decorated function on a GPU; elsewhere (package absent) a no-op
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+
+    def gpu(function: Any) -> Any:
+        return function
+
+
+HERE = Path(__file__).resolve().parent
+ASSETS = HERE / "assets"
+PAPER = "paper"  # the model choice "each method on its paper backbone"
+SCALES = {
+    "shared (each method's range on these images, 0-1)": "per_method",
+    "own scale per map": "per_image",
+}
+MAX_IMAGES = int(os.environ.get("ZSAD_MAX_IMAGES", 16))
+MAX_SIDE = int(os.environ.get("ZSAD_MAX_SIDE", 2048))
+MAX_FILE_SIZE = os.environ.get("ZSAD_MAX_FILE_SIZE", "25mb")
+
+
+# ------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class AppSettings:
+    """How the page is served.
+
+    Attributes:
+        model: the backbone selected when the page opens (a model string or ``"paper"``).
+        device, precision: where and how the models run (None: CUDA + fp16 when present, else CPU + fp32).
+        warmup: run each method once at start-up, to load it and to measure seconds per image.
+        max_images: images per request.
+        max_side: larger pictures are reduced to this longer side (bounds the maps kept per session).
+    """
+
+    model: str
+    device: str | None = None
+    precision: str | None = None
+    warmup: bool = True
+    max_images: int = MAX_IMAGES
+    max_side: int = MAX_SIDE
+
+
+def default_model(requested: str | None = None) -> str:
+    """The best model present: ``requested`` (``--model`` or ``ZSAD_MODEL``), then the papers'
+    backbones when all are on disk, then the best other one available (the project's own last)."""
+    requested = requested or os.environ.get("ZSAD_MODEL")
+    if requested:
+        return requested
+    if all(model_status(model).available for model in PAPER_MODELS):
+        return PAPER
+    return available_models()[0].model
+
+
+def model_choices(current: str) -> list[tuple[str, str]]:
+    """(label, value) pairs for the model menu."""
+    choices = []
+    if all(model_status(model).available for model in PAPER_MODELS):
+        choices.append(("paper backbones (each method's own)", PAPER))
+    for status in available_models(extra=(current,) if current != PAPER else ()):
+        label = status.model + ("  (random weights: maps mean nothing)" if status.random_weights else "")
+        choices.append((label, status.model))
+    if current not in [value for _, value in choices]:
+        choices.append((f"{current}  (not available here)", current))
+    return choices
+
+
+def _model_arg(model: str) -> str | None:
+    return None if model == PAPER else model
+
+
+# --------------------------------------------------------------------------------------- the app
+class ZsadApp:
+    """The page and its handlers; one instance per server, shared read-only by all sessions."""
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self.pool = DetectorPool(max_detectors=8, device=settings.device, precision=settings.precision)
+        self.method_ids = [info.id for info in list_methods()]
+        self.names = {info.id: info.name for info in list_methods()}
+        self.detect_calls = 0  # model runs served (the threshold redraw must never add one)
+
+    # --------------------------------------------------------------------------------- text
+    def model_note(self, model: str) -> str:
+        """Markdown: which model runs, whether its maps mean anything, device and seconds per image."""
+        pool = self.pool
+        lines = [f"**Model:** `{model if model != PAPER else 'paper backbones'}` on **{pool.device}** "
+                 f"({pool.precision})."]
+        models = [model] if model != PAPER else [get_method(m).info.default_model for m in self.method_ids]
+        if any(is_random_weights(m) for m in models):
+            lines.append(
+                "⚠️ **This model has random weights** (no pretrained CLIP is on this host): the app works "
+                "end to end, but its maps and scores **mean nothing**. Put real weights in `weights/` "
+                "(see weights/README.md) for real detections."
+            )
+        timings = []
+        for method in self.method_ids:
+            seconds = pool.expected_seconds(method, _model_arg(model) or get_method(method).info.default_model)
+            if seconds is not None:
+                timings.append(f"{self.names[method]} ≈ {seconds:.2f} s")
+        if timings:
+            lines.append("Expected time per image here (measured): " + ", ".join(timings) + ".")
+        else:
+            lines.append("Expected time per image: measured after the first run.")
+        return "  \n".join(lines)
+
+    def method_menus(self, model: str) -> tuple[dict, dict, dict[str, dict]]:
+        """Updates for the runnable-methods group, the unavailable group and each checkpoint menu."""
+        statuses = [method_status(m, _model_arg(model)) for m in self.method_ids]
+        runnable = [(f"{s.name}", s.method) for s in statuses if s.available]
+        blocked = [(f"{s.name}: {s.reason}", s.method) for s in statuses if not s.available]
+        chosen = [value for _, value in runnable if get_method(value).info.training_free] or [
+            value for _, value in runnable
+        ]
+        checkpoints = {}
+        for status in statuses:
+            if not get_method(status.method).info.training_free:
+                options = [(choice.label, choice.source) for choice in status.checkpoints]
+                checkpoints[status.method] = gr.update(
+                    choices=options,
+                    value=options[0][1] if options else None,
+                    interactive=bool(options),
+                    info=None if options else status.reason,
+                )
+        return (
+            gr.update(choices=runnable, value=chosen),
+            gr.update(choices=blocked, value=[], visible=bool(blocked)),
+            checkpoints,
+        )
+
+    # --------------------------------------------------------------------------- computation
+    @staticmethod
+    def _lines(text: str | None) -> list[str] | None:
+        values = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        return values or None
+
+    def compute(
+        self,
+        images: Sequence[tuple[str, Any]],
+        category: str,
+        methods: Sequence[str],
+        model: str,
+        checkpoints: dict[str, str | None],
+        prompts: tuple[list[str] | None, list[str] | None, list[str] | None],
+        progress: Any = None,
+    ) -> ComparisonRun:
+        """Every method on every image (the one function that runs models)."""
+        self.detect_calls += 1
+        normal, abnormal, templates = prompts
+        return _compute_on_device(
+            self, images, category, list(methods), model, checkpoints, normal, abnormal, templates, progress
+        )
+
+    def warm_up(self, model: str) -> None:
+        """Load every available method on ``model`` and time one image, so the page can say seconds per image."""
+        picture = Image.new("RGB", (256, 256), (128, 128, 128))
+        methods = [m for m in self.method_ids if method_status(m, _model_arg(model)).available]
+        if methods:
+            run_comparison(self.pool, [("warm-up", picture)], methods, "object", model=_model_arg(model))
+
+    # ------------------------------------------------------------------------------ rendering
+    def render(self, run: ComparisonRun | None, scale_label: str, threshold: float) -> tuple[Any, ...]:
+        """Gallery, colour bar, masks, slider, table and chart from stored results (no model runs)."""
+        if run is None:
+            return [], None, None, None, None, None
+        mode = SCALES.get(scale_label, "per_method")
+        ranges = display_ranges([image.results for image in run.images], mode)
+        gallery: list[tuple[Image.Image, str]] = []
+        for image, image_ranges in zip(run.images, ranges):
+            if image.picture is None:
+                continue
+            gallery.append((image.picture, f"{image.name}: input"))
+            for method in run.methods:
+                result = image.results.get(method)
+                if result is None:
+                    continue
+                low, high = image_ranges[method]
+                drawn = threshold_overlay(image.picture, result, low, high, threshold, cmap=DEFAULT_CMAP)
+                gallery.append((drawn, f"{image.name}: {self.names[method]}, score {result.score:.4g}"))
+        if mode == "per_method":
+            label = "shared relative scale: 0 = the method's lowest value on these images, 1 = its highest"
+            bar = colorbar_strip(0.0, 1.0, DEFAULT_CMAP, label)
+        else:
+            bar = colorbar_strip(0.0, 1.0, DEFAULT_CMAP, "own scale: 0 = the map's lowest value, 1 = its highest")
+        first = next((image for image in run.images if image.results), None)
+        masks = slider = None
+        if first is not None:
+            first_ranges = ranges[run.images.index(first)]
+            annotations = []
+            for method, result in first.results.items():
+                low, high = first_ranges[method]
+                mask = threshold_mask(result, relative_threshold(low, high, threshold))
+                annotations.append((mask.astype("float32"), self.names[method]))
+            masks = (first.picture, annotations)
+            method, result = next(iter(first.results.items()))
+            low, high = first_ranges[method]
+            slider = (first.picture, overlay(first.picture, result, low, high))
+        table = self.score_table(run)
+        chart = table[table["status"] == "ok"][["image", "method", "score"]] if table is not None else None
+        return gallery, bar, masks, slider, table, chart
+
+    def score_table(self, run: ComparisonRun) -> pd.DataFrame:
+        rows = score_rows(run)
+        frame = pd.DataFrame(rows, columns=["image", "method", "status", "score", "seconds", "map_min", "map_max", "error"])
+        frame["method"] = [self.names.get(m, m) for m in frame["method"]]
+        return frame
+
+    def slider_for(self, run: ComparisonRun | None, image_name: str, method_name: str, scale_label: str) -> Any:
+        """Input vs overlay for one image and method (no model runs)."""
+        if run is None:
+            return None
+        mode = SCALES.get(scale_label, "per_method")
+        ranges = display_ranges([image.results for image in run.images], mode)
+        method = next((m for m, name in self.names.items() if name == method_name), method_name)
+        for image, image_ranges in zip(run.images, ranges):
+            if image.name == image_name and method in image.results:
+                low, high = image_ranges[method]
+                return image.picture, overlay(image.picture, image.results[method], low, high)
+        return None
+
+    def explanation(self, run: ComparisonRun | None, image_name: str, method_name: str) -> tuple[Any, Any, str]:
+        """Prompt-word table and chart for one image and method, from the stored evidence."""
+        if run is None:
+            return None, None, "Run a detection first."
+        method = next((m for m, name in self.names.items() if name == method_name), method_name)
+        image = next((i for i in run.images if i.name == image_name), None)
+        if image is None or method not in image.results:
+            return None, None, f"No result of {method_name} on {image_name}."
+        explanation = explain_prompts(image.results[method])
+        frame = pd.DataFrame(explanation.rows())
+        frame["state"] = [state.replace("{}", run.category) for state in frame["state"]]
+        chart = frame.dropna(subset=["effect"])[["state", "effect", "kind"]]
+        note = (
+            f"**{method_name}** on **{image_name}**: text score {explanation.text_score:.4g} "
+            f"({explanation.score_name}). *effect* = score with all states − score without that state: positive "
+            "means the phrase pushes the image towards *abnormal*. *similarity* = cosine between the image "
+            "and the phrase."
+        )
+        return frame, chart, note
+
+
+def _compute_on_device(
+    app: ZsadApp,
+    images: Sequence[tuple[str, Any]],
+    category: str,
+    methods: list[str],
+    model: str,
+    checkpoints: dict[str, str | None],
+    normal: list[str] | None,
+    abnormal: list[str] | None,
+    templates: list[str] | None,
+    progress: Any,
+) -> ComparisonRun:
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, desc=message)
+
+    return run_comparison(
+        app.pool,
+        images,
+        methods,
+        category,
+        model=_model_arg(model),
+        checkpoints=checkpoints,
+        normal_states=normal,
+        abnormal_states=abnormal,
+        templates=templates,
+        max_side=app.settings.max_side,
+        progress=report,
+    )
+
+
+_compute_on_device = gpu(_compute_on_device)  # the one inference function ZeroGPU runs on a GPU
+
+
+# -------------------------------------------------------------------------------------- inputs
+def _gallery_files(gallery: Any) -> list[tuple[str, Any]]:
+    """Gradio gallery value -> [(display name, path)]."""
+    items = []
+    for index, entry in enumerate(gallery or []):
+        source = entry[0] if isinstance(entry, (tuple, list)) else entry
+        if isinstance(source, dict):
+            source = source.get("path") or source.get("name")
+        name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else f"image-{index + 1}.png"
+        items.append((name, source))
+    return items
+
+
+def _examples() -> list[list[Any]]:
+    listing = ASSETS / "examples.json"
+    if not listing.is_file():
+        return []
+    entries = json.loads(listing.read_text())
+    return [[[str(ASSETS / entry["file"])], entry["category"]] for entry in entries if (ASSETS / entry["file"]).is_file()]
+
+
+def _prompt_texts(method: str) -> tuple[str, str, str]:
+    prompts: PromptSet = get_method(method).default_prompts
+    return "\n".join(prompts.normal_states), "\n".join(prompts.abnormal_states), "\n".join(prompts.templates)
+
+
+# ---------------------------------------------------------------------------------------- page
+def build_demo(settings: AppSettings) -> gr.Blocks:
+    """The page. Handlers close over one :class:`ZsadApp` (also reachable as ``demo.zsad_app``)."""
+    app = ZsadApp(settings)
+    if settings.warmup:
+        try:
+            app.warm_up(settings.model)
+        except Exception as error:  # noqa: BLE001 - a failed warm-up only means no timing estimate
+            print(f"warm-up skipped: {error}")
+    learnable = [m for m in app.method_ids if not get_method(m).info.training_free]
+    first_method = app.method_ids[0]
+
+    with gr.Blocks(title="zsad: zero-shot anomaly detection") as demo:
+        run_state = gr.State(None)
+        gr.Markdown(
+            "# zsad: zero-shot anomaly detection with CLIP\n"
+            "Upload pictures of something, say what it is, and compare where WinCLIP, CLIP-AD (SDP, SDP+) and "
+            "AdaCLIP find anomalies. No training on your object: the models only read its name."
+        )
+        note = gr.Markdown(app.model_note(settings.model), elem_id="model-note")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                gallery_in = gr.Gallery(
+                    label="Images (upload, drop, paste or webcam; several at once)",
+                    type="filepath",
+                    sources=["upload", "clipboard", "webcam"],
+                    file_types=["image"],
+                    interactive=True,
+                    columns=3,
+                    height=260,
+                    elem_id="inputs",
+                )
+                category = gr.Textbox(
+                    label="What is it?", placeholder="e.g. bottle, metal nut, fabric", elem_id="category"
+                )
+                methods = gr.CheckboxGroup(label="Methods", elem_id="methods")
+                unavailable = gr.CheckboxGroup(
+                    label="Not available here", interactive=False, elem_id="unavailable-methods"
+                )
+                with gr.Accordion("Model and checkpoints", open=False):
+                    model = gr.Dropdown(
+                        choices=model_choices(settings.model), value=settings.model, label="Backbone", elem_id="model"
+                    )
+                    checkpoint_menus = {
+                        method: gr.Dropdown(label=f"{app.names[method]} checkpoint", elem_id=f"checkpoint-{method}")
+                        for method in learnable
+                    }
+                with gr.Accordion("Prompts (advanced)", open=False):
+                    gr.Markdown(
+                        "One phrase per line. `{}` stands for the category (a state without it goes before the "
+                        "name); a template holds `{}` for the state phrase. Left as they are, each method uses "
+                        "its own paper prompts; once edited, these lists are used by every method."
+                    )
+                    prompt_source = gr.Dropdown(
+                        choices=[(app.names[m], m) for m in app.method_ids],
+                        value=first_method,
+                        label="Start from the prompts of",
+                        elem_id="prompt-source",
+                    )
+                    custom = gr.Checkbox(value=False, label="Use these prompts for every method", elem_id="custom")
+                    defaults = _prompt_texts(first_method)
+                    normal_box = gr.Textbox(value=defaults[0], lines=5, label="Normal states", elem_id="normal")
+                    abnormal_box = gr.Textbox(value=defaults[1], lines=5, label="Abnormal states", elem_id="abnormal")
+                    template_box = gr.Textbox(value=defaults[2], lines=5, label="Templates", elem_id="templates")
+                    reset = gr.Button("Reset to the paper prompts", size="sm", elem_id="reset-prompts")
+                run_button = gr.Button("Detect anomalies", variant="primary", elem_id="run")
+                examples = _examples()
+                if examples:
+                    gr.Examples(examples, inputs=[gallery_in, category], label="Examples (generated by zsad)")
+            with gr.Column(scale=2, min_width=480):
+                messages = gr.Markdown(elem_id="messages")
+                with gr.Row():
+                    scale = gr.Radio(
+                        choices=list(SCALES), value=next(iter(SCALES)), label="Colour scale", elem_id="scale"
+                    )
+                    threshold = gr.Slider(
+                        0.0, 1.0, value=0.7, step=0.01, label="Threshold (on the colour scale)", elem_id="threshold"
+                    )
+                gallery_out = gr.Gallery(
+                    label="Input and each method's map", columns=4, format="png", height=480, elem_id="results"
+                )
+                colorbar = gr.Image(label="Colour bar", format="png", height=90, interactive=False, elem_id="colorbar")
+                gr.Markdown(
+                    "*Why a relative scale:* the methods' maps live in different units (WinCLIP: probabilities "
+                    "near 0.5, SDP: signed similarities near 0), so one absolute scale paints most of them flat. "
+                    "The shared scale maps each method's lowest and highest value on the images shown to 0 and 1: "
+                    "maps of one method stay comparable across images, and each method shows its structure. The "
+                    "raw values are in the table and the download."
+                )
+                with gr.Tabs():
+                    with gr.Tab("Scores"):
+                        scores = gr.Dataframe(label="Scores and seconds per image", elem_id="scores")
+                        chart = gr.BarPlot(x="image", y="score", color="method", label="Image scores", elem_id="chart")
+                    with gr.Tab("Masks"):
+                        masks = gr.AnnotatedImage(label="Pixels above the threshold (first image)", elem_id="masks")
+                    with gr.Tab("Compare"):
+                        with gr.Row():
+                            slider_image = gr.Dropdown(label="Image", elem_id="slider-image")
+                            slider_method = gr.Dropdown(label="Method", elem_id="slider-method")
+                        slider = gr.ImageSlider(label="Input | overlay", format="png", elem_id="slider")
+                    with gr.Tab("Prompt words"):
+                        with gr.Row():
+                            explain_image = gr.Dropdown(label="Image", elem_id="explain-image")
+                            explain_method = gr.Dropdown(label="Method", elem_id="explain-method")
+                        explain_note = gr.Markdown(elem_id="explain-note")
+                        explain_table = gr.Dataframe(label="Each state phrase, by size of effect", elem_id="explain")
+                        explain_chart = gr.BarPlot(
+                            x="state", y="effect", color="kind", sort="-y", label="Effect on the score",
+                            elem_id="explain-chart",
+                        )
+                download = gr.DownloadButton("Download everything (ZIP)", visible=False, elem_id="download")
+
+        # ---------------------------------------------------------------------- handlers
+        def on_model(chosen: str) -> list[Any]:
+            runnable, blocked, menus = app.method_menus(chosen)
+            return [app.model_note(chosen), runnable, blocked, *[menus[m] for m in learnable]]
+
+        def run(
+            gallery: Any, category_text: str, chosen: list[str], chosen_model: str, scale_label: str,
+            level: float, use_custom: bool, normal: str, abnormal: str, template: str, *checkpoint_values: Any,
+            progress: gr.Progress = gr.Progress(),
+        ) -> list[Any]:
+            files = _gallery_files(gallery)
+            if not files:
+                raise gr.Error("Add at least one image (upload, drop, paste or webcam).")
+            if len(files) > settings.max_images:
+                raise gr.Error(f"{len(files)} images is more than the limit of {settings.max_images} per run.")
+            if not chosen:
+                raise gr.Error("Choose at least one method.")
+            if not (category_text or "").strip():
+                raise gr.Error("Say what the images show (the category), e.g. 'bottle'.")
+            prompts = (ZsadApp._lines(normal), ZsadApp._lines(abnormal), ZsadApp._lines(template))
+            if not use_custom:
+                prompts = (None, None, None)
+            checkpoints = dict(zip(learnable, checkpoint_values))
+            try:
+                result = app.compute(files, category_text, chosen, chosen_model, checkpoints, prompts, progress)
+            except PromptError as error:
+                raise gr.Error(str(error)) from error
+            problems = result.messages()
+            for problem in problems:
+                gr.Warning(problem)
+            timings = result.seconds_per_image()
+            summary = ", ".join(f"{app.names[m]} {s:.2f} s/image" for m, s in timings.items())
+            text = f"Done: {len(result.images)} image(s), {summary or 'no results'}."
+            if problems:
+                text += "\n\n**Problems:**\n" + "\n".join(f"- {p}" for p in problems)
+            names = [image.name for image in result.images if image.results]
+            method_names = [app.names[m] for m in result.succeeded_methods]
+            archive = Path(tempfile.mkdtemp(prefix="zsad-")) / f"zsad-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+            write_archive(result, archive, scale=SCALES.get(scale_label, "per_method"),
+                          extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}})
+            rendered = app.render(result, scale_label, level)
+            first_name = names[0] if names else None
+            first_method_name = method_names[0] if method_names else None
+            table, chart_frame, explain_text = app.explanation(result, first_name, first_method_name) if names else (
+                None, None, "")
+            return [
+                result, text, *rendered,
+                gr.update(choices=names, value=first_name), gr.update(choices=method_names, value=first_method_name),
+                gr.update(choices=names, value=first_name), gr.update(choices=method_names, value=first_method_name),
+                table, chart_frame, explain_text,
+                gr.update(value=str(archive), visible=True),
+            ]
+
+        def redraw(state: ComparisonRun | None, scale_label: str, level: float) -> list[Any]:
+            return list(app.render(state, scale_label, level))
+
+        def reset_prompts(method: str) -> list[Any]:
+            return [*_prompt_texts(method), False]
+
+        model_outputs = [note, methods, unavailable, *checkpoint_menus.values()]
+        demo.load(on_model, inputs=model, outputs=model_outputs, api_visibility="private")
+        model.change(on_model, inputs=model, outputs=model_outputs, api_visibility="private")
+        render_outputs = [gallery_out, colorbar, masks, slider, scores, chart]
+        run_button.click(
+            run,
+            inputs=[gallery_in, category, methods, model, scale, threshold, custom, normal_box, abnormal_box,
+                    template_box, *checkpoint_menus.values()],
+            outputs=[run_state, messages, *render_outputs, slider_image, slider_method, explain_image,
+                     explain_method, explain_table, explain_chart, explain_note, download],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="models",
+        )
+        for control in (threshold, scale):
+            control.change(
+                redraw, inputs=[run_state, scale, threshold], outputs=render_outputs, api_visibility="private",
+                trigger_mode="always_last", concurrency_limit=4, concurrency_id="redraw", show_progress="hidden",
+            )
+        for control in (slider_image, slider_method):
+            control.change(app.slider_for, inputs=[run_state, slider_image, slider_method, scale], outputs=slider,
+                           api_visibility="private")
+        for control in (explain_image, explain_method):
+            control.change(app.explanation, inputs=[run_state, explain_image, explain_method],
+                           outputs=[explain_table, explain_chart, explain_note], api_visibility="private")
+        for box in (normal_box, abnormal_box, template_box):
+            box.input(lambda: True, outputs=custom, api_visibility="private")
+        reset.click(reset_prompts, inputs=prompt_source, outputs=[normal_box, abnormal_box, template_box, custom],
+                    api_visibility="private")
+        prompt_source.change(reset_prompts, inputs=prompt_source,
+                             outputs=[normal_box, abnormal_box, template_box, custom], api_visibility="private")
+
+        # ------------------------------------------------------------------ API endpoints
+        api_files = gr.File(file_count="multiple", visible=False)
+        api_category = gr.Textbox(visible=False)
+        api_methods = gr.Textbox(visible=False)
+        api_model = gr.Textbox(visible=False)
+        api_prompts = gr.Textbox(visible=False)
+        api_json = gr.JSON(visible=False)
+        api_zip = gr.File(visible=False)
+        api_method = gr.Textbox(visible=False)
+
+        def api_detect(
+            files: list[str] | None, category_text: str, method_list: str, model_name: str, prompt_json: str
+        ) -> tuple[dict, str | None]:
+            """Run methods on images; returns the scores (JSON) and the results ZIP.
+
+            Args:
+                files: image files.
+                category_text: what the images show, e.g. "bottle".
+                method_list: comma-separated method ids ("" = every method available here).
+                model_name: backbone ("" = the page's default, "paper" = each method's paper backbone).
+                prompt_json: "" or a JSON object with any of normal_states, abnormal_states, templates (lists).
+            """
+            chosen_model = model_name or settings.model
+            chosen = [m.strip() for m in (method_list or "").split(",") if m.strip()] or [
+                m for m in app.method_ids if method_status(m, _model_arg(chosen_model)).available
+            ]
+            unknown = [m for m in chosen if m not in app.method_ids]
+            if unknown:
+                raise gr.Error(f"unknown method(s) {unknown}; known: {app.method_ids}")
+            try:
+                overrides = json.loads(prompt_json) if prompt_json else {}
+            except json.JSONDecodeError as error:
+                raise gr.Error(f"prompts must be a JSON object: {error}") from error
+            items = [(Path(f).name, f) for f in (files or [])]
+            if not items:
+                raise gr.Error("no images given")
+            if len(items) > settings.max_images:
+                raise gr.Error(f"{len(items)} images is more than the limit of {settings.max_images} per call")
+            prompts = (overrides.get("normal_states"), overrides.get("abnormal_states"), overrides.get("templates"))
+            try:
+                result = app.compute(items, category_text or "", chosen, chosen_model, {}, prompts)
+            except PromptError as error:
+                raise gr.Error(str(error)) from error
+            archive = Path(tempfile.mkdtemp(prefix="zsad-")) / "zsad-results.zip"
+            write_archive(result, archive, extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}})
+            payload = {
+                "category": result.category,
+                "results": score_rows(result),
+                "problems": result.messages(),
+                "settings": result.settings,
+            }
+            return json.loads(json.dumps(payload, default=str)), str(archive)
+
+        def api_explain(files: list[str] | None, category_text: str, method: str, model_name: str,
+                        prompt_json: str) -> dict:
+            """How much each prompt state moves one image's score, for one method."""
+            chosen_model = model_name or settings.model
+            if method not in app.method_ids:
+                raise gr.Error(f"unknown method {method!r}; known: {app.method_ids}")
+            items = [(Path(f).name, f) for f in (files or [])][:1]
+            if not items:
+                raise gr.Error("no image given")
+            overrides = json.loads(prompt_json) if prompt_json else {}
+            prompts = (overrides.get("normal_states"), overrides.get("abnormal_states"), overrides.get("templates"))
+            try:
+                result = app.compute(items, category_text or "", [method], chosen_model, {}, prompts)
+            except PromptError as error:
+                raise gr.Error(str(error)) from error
+            outcome = result.images[0]
+            if method not in outcome.results:
+                raise gr.Error("; ".join(result.messages()) or "no result")
+            explanation = explain_prompts(outcome.results[method])
+            return {
+                "method": method,
+                "image": outcome.name,
+                "score": outcome.results[method].score,
+                "text_score": explanation.text_score,
+                "score_name": explanation.score_name,
+                "states": explanation.rows(),
+            }
+
+        api_button = gr.Button(visible=False)
+        api_button.click(
+            api_detect, inputs=[api_files, api_category, api_methods, api_model, api_prompts],
+            outputs=[api_json, api_zip], api_name="detect", concurrency_limit=1, concurrency_id="models",
+        )
+        api_button.click(
+            api_explain, inputs=[api_files, api_category, api_method, api_model, api_prompts], outputs=api_json,
+            api_name="explain", concurrency_limit=1, concurrency_id="models",
+        )
+    demo.zsad_app = app  # type: ignore[attr-defined]  # tests reach the handlers' state through it
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str | None, port: int | None, share: bool, **kwargs: Any) -> Any:
+    """Queue with explicit limits, then serve."""
+    demo.queue(max_size=32, default_concurrency_limit=1)
+    return demo.launch(
+        server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[str(ASSETS)], **kwargs,
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="backbone to start with (default: $ZSAD_MODEL, else the best present)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to serve on")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the start-up run that measures each method")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    port = args.port or (int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None)
+    settings = AppSettings(
+        model=default_model(args.model), device=args.device, precision=args.precision, warmup=not args.no_warmup
+    )
+    launch(build_demo(settings), args.host, port, args.share)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Several methods on several images, side by side: what the app (and any server) runs per request.
+
+- :class:`DetectorPool` builds each detector once per (method, model, size, checkpoint, device,
+  precision) and keeps a bounded number of them (least recently used dropped, with its backbone
+  when no other detector uses it). Requests never share mutable state: each gets its own prepared
+  copy (:meth:`~zsad_core.methods.base.Detector.prepared`) of a pooled detector, whose weights are
+  only read.
+- :func:`run_comparison` decodes every image, runs every method on every image and keeps going
+  when something fails: an image that cannot be decoded, a method whose weights or checkpoint are
+  missing, an out-of-memory error on one image. Each failure becomes a readable message in the
+  :class:`ComparisonRun`; every other result is kept.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .availability import method_status
+from .backbone import ModelSpecError, WeightsNotFoundError, release_backbone, resolve_device, resolve_precision
+from .methods.base import Detector
+from .preprocess import ImageError, ImageInput, load_image
+from .prompts import PromptError
+from .registry import create_detector, get_method
+from .types import AnomalyResult
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class DetectorKey:
+    """What identifies one pooled detector."""
+
+    method: str
+    model: str
+    image_size: int
+    checkpoint: str | None
+    device: str
+    precision: str
+
+
+class DetectorPool:
+    """Detectors built once and shared read-only between requests, at most ``max_detectors`` of them.
+
+    Args:
+        max_detectors: how many detectors to keep; the least recently used one is dropped first.
+        device: "cpu", "cuda", ... or None for CUDA when available.
+        precision: "fp32", "fp16", "bf16" or None (fp32 on CPU, fp16 on CUDA).
+    """
+
+    def __init__(self, max_detectors: int = 8, device: str | None = None, precision: str | None = None) -> None:
+        if max_detectors < 1:
+            raise ValueError(f"max_detectors must be at least 1, got {max_detectors}")
+        self.max_detectors = max_detectors
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self._detectors: OrderedDict[DetectorKey, Detector] = OrderedDict()
+        self._lock = threading.Lock()
+        self._seconds: dict[tuple[str, str], list[float]] = {}
+        self.builds = 0
+
+    def key(self, method: str, model: str | None = None, checkpoint: str | None = None) -> DetectorKey:
+        """The pool key of a method on ``model`` (None: the method's paper backbone and size)."""
+        info = get_method(method).info
+        return DetectorKey(
+            method=method,
+            model=model or info.default_model,
+            image_size=info.image_size,
+            checkpoint=checkpoint,
+            device=self.device,
+            precision=self.precision,
+        )
+
+    def get(self, method: str, model: str | None = None, checkpoint: str | None = None) -> Detector:
+        """The pooled detector (not prepared for any category: use ``.prepared(category)``).
+
+        Raises:
+            whatever :func:`zsad_core.create_detector` raises: missing weights, a checkpoint that
+            does not fit, a bad model name.
+        """
+        key = self.key(method, model, checkpoint)
+        with self._lock:  # one build at a time: two requests for a new model must not build it twice
+            detector = self._detectors.get(key)
+            if detector is None:
+                settings = {"checkpoint": checkpoint} if checkpoint else {}
+                detector = create_detector(
+                    method,
+                    model=key.model,
+                    image_size=key.image_size,
+                    device=key.device,
+                    precision=key.precision,
+                    **settings,
+                )
+                self.builds += 1
+                self._detectors[key] = detector
+                self._evict()
+            self._detectors.move_to_end(key)
+            return detector
+
+    def _evict(self) -> None:
+        while len(self._detectors) > self.max_detectors:
+            _, dropped = self._detectors.popitem(last=False)
+            spec = dropped.backbone.spec
+            if all(kept.backbone.spec != spec for kept in self._detectors.values()):
+                release_backbone(spec)
+
+    def __len__(self) -> int:
+        return len(self._detectors)
+
+    def record_seconds(self, method: str, model: str, seconds: float) -> None:
+        """Remember one image's time for :meth:`expected_seconds` (the last 20 are kept)."""
+        with self._lock:
+            history = self._seconds.setdefault((method, model), [])
+            history.append(float(seconds))
+            del history[:-20]
+
+    def expected_seconds(self, method: str, model: str) -> float | None:
+        """Median of the recent per-image times of ``method`` on ``model`` here, or None before any."""
+        with self._lock:
+            history = sorted(self._seconds.get((method, model), []))
+        return history[len(history) // 2] if history else None
+
+
+@dataclass
+class ImageOutcome:
+    """One input image's results.
+
+    Attributes:
+        name: the file name (or a generated one) it is reported under.
+        picture: the decoded RGB image (reduced to ``max_side`` when asked), or None when it could
+            not be decoded. Maps are at this picture's size.
+        error: why it could not be decoded (None when it could).
+        original_size: (width, height) as decoded, before any reduction.
+        results: method id -> result, for the methods that succeeded on it.
+        errors: method id -> message, for the methods that failed on it.
+    """
+
+    name: str
+    picture: Image.Image | None
+    error: str | None = None
+    original_size: tuple[int, int] | None = None
+    results: dict[str, AnomalyResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ComparisonRun:
+    """Everything one comparison produced.
+
+    Attributes:
+        category: the category the prompts were built for.
+        methods: the requested method ids, in order.
+        images: one outcome per input, in input order.
+        method_errors: method id -> why it could not run at all (missing weights or checkpoint...).
+        method_models: method id -> the backbone it ran on.
+        settings: what made these results (models, sizes, checkpoints, prompts, versions, device).
+    """
+
+    category: str
+    methods: list[str]
+    images: list[ImageOutcome]
+    method_errors: dict[str, str] = field(default_factory=dict)
+    method_models: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded_methods(self) -> list[str]:
+        """The methods with a result on at least one image, in request order."""
+        return [method for method in self.methods if any(method in image.results for image in self.images)]
+
+    def messages(self) -> list[str]:
+        """Every failure as one readable line."""
+        lines = [f"{method}: {message}" for method, message in self.method_errors.items()]
+        for image in self.images:
+            if image.error:
+                lines.append(image.error)  # decoding errors already name the image
+            lines += [f"{image.name}, {method}: {message}" for method, message in image.errors.items()]
+        return lines
+
+    def seconds_per_image(self) -> dict[str, float]:
+        """Method id -> mean seconds per image it ran on."""
+        totals: dict[str, list[float]] = {}
+        for image in self.images:
+            for method, result in image.results.items():
+                totals.setdefault(method, []).append(result.timings.get("total", 0.0))
+        return {method: sum(values) / len(values) for method, values in totals.items()}
+
+
+def versions() -> dict[str, str]:
+    """Versions of what computed the results (for the settings record)."""
+    import open_clip
+
+    from . import __version__
+
+    return {
+        "zsad": __version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _failure_message(error: BaseException) -> str:
+    """A one-line explanation of an exception for a person."""
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return "out of memory: try fewer or smaller images, one method at a time, or a smaller model"
+    text = str(error).strip().splitlines()
+    if isinstance(error, (ImageError, PromptError, WeightsNotFoundError, ModelSpecError, ValueError)):
+        return " ".join(line.strip() for line in text if line.strip()) or type(error).__name__
+    return f"{type(error).__name__}: {text[0] if text else 'no message'}"
+
+
+def decode_images(images: Sequence[tuple[str, ImageInput]], max_side: int | None = None) -> list[ImageOutcome]:
+    """Decode every ``(name, source)``; an image that cannot be decoded gets an error, not an exception.
+
+    Args:
+        images: ``(name, source)`` pairs.
+        max_side: reduce larger pictures (Lanczos, aspect kept) so their longer side is at most this,
+            which bounds the memory of the maps a server keeps per session; None keeps every size.
+    """
+    outcomes = []
+    for name, source in images:
+        try:
+            picture = load_image(source, name=name)
+        except ImageError as error:
+            outcomes.append(ImageOutcome(name=name, picture=None, error=_failure_message(error)))
+            continue
+        original = picture.size
+        if max_side is not None and max(original) > max_side:
+            picture = picture.copy()
+            picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        outcomes.append(ImageOutcome(name=name, picture=picture, original_size=original))
+    return outcomes
+
+
+def run_comparison(
+    pool: DetectorPool,
+    images: Sequence[tuple[str, ImageInput]],
+    methods: Sequence[str],
+    category: str,
+    *,
+    model: str | None = None,
+    checkpoints: Mapping[str, str | None] | None = None,
+    normal_states: Sequence[str] | None = None,
+    abnormal_states: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    max_side: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> ComparisonRun:
+    """Run every method on every image; failures become messages, never exceptions.
+
+    Args:
+        pool: where the detectors come from.
+        images: ``(name, source)`` pairs: a path, bytes, PIL image or array each.
+        methods: method ids, in the order to report them.
+        category: the object or texture name put into the prompts.
+        model: one backbone for every method, or None for each method's paper backbone.
+        checkpoints: method id -> checkpoint for learnable methods (None or missing: the first
+            one found on this disk, see :func:`zsad_core.availability.find_checkpoints`).
+        normal_states, abnormal_states, templates: replace that part of every method's prompts.
+        max_side: see :func:`decode_images`.
+        progress: called with (fraction done, what is being done).
+    Returns:
+        A :class:`ComparisonRun` with results kept by :meth:`Detector.detect` ``with_evidence``.
+    Raises:
+        PromptError: an empty category or malformed prompts, before any model runs (nothing to show).
+    """
+    checkpoints = dict(checkpoints or {})
+    report = progress or (lambda fraction, message: None)
+    category = " ".join(category.split())
+    if not category:
+        raise PromptError("the category is empty: say what the images show, e.g. 'bottle' or 'metal nut'")
+    methods = list(dict.fromkeys(methods))
+    outcomes = decode_images(images, max_side)
+    run = ComparisonRun(category=category, methods=methods, images=outcomes)
+    prompt_settings = {}
+    readable = [outcome for outcome in outcomes if outcome.picture is not None]
+    steps = max(1, len(methods) * max(1, len(readable)))
+    done = 0
+    for method in methods:
+        info = get_method(method).info
+        method_model = model or info.default_model
+        run.method_models[method] = method_model
+        try:
+            checkpoint = checkpoints.get(method)
+            if not info.training_free and not checkpoint:
+                status = method_status(method, method_model)
+                if not status.available:
+                    raise RuntimeError(status.reason)
+                checkpoint = status.checkpoints[0].source
+            report(done / steps, f"{info.name}: loading the model")
+            detector = pool.get(method, method_model, checkpoint if not info.training_free else None)
+            prepared = detector.prepared(
+                category, normal_states=normal_states, abnormal_states=abnormal_states, templates=templates
+            )
+        except PromptError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure to build a method is reported, others go on
+            run.method_errors[method] = _failure_message(error)
+            done += len(readable)
+            continue
+        prompts = prepared.prompts
+        prompt_settings[method] = {
+            "model": method_model,
+            "image_size": prepared.config.image_size,
+            "checkpoint": checkpoint if not info.training_free else None,
+            "sigma": prepared.config.sigma,
+            "normal_states": list(prompts.normal_states),
+            "abnormal_states": list(prompts.abnormal_states),
+            "templates": list(prompts.templates),
+        }
+        for index, outcome in enumerate(readable):
+            report(done / steps, f"{info.name}: image {index + 1} of {len(readable)} ({outcome.name})")
+            began = time.perf_counter()
+            try:
+                result = prepared.detect(outcome.picture, with_evidence=True)
+            except Exception as error:  # noqa: BLE001 - one image's failure must not lose the others
+                outcome.errors[method] = _failure_message(error)
+            else:
+                outcome.results[method] = result
+                pool.record_seconds(method, method_model, time.perf_counter() - began)
+            done += 1
+    report(1.0, "done")
+    run.settings = {
+        "category": category,
+        "methods": prompt_settings,
+        "device": pool.device,
+        "precision": pool.precision,
+        "versions": versions(),
+    }
+    return run
