@@ -125,8 +125,9 @@ class ZsadApp:
     def model_note(self, model: str) -> str:
         """Markdown: which model runs, whether its maps mean anything, device and seconds per image."""
         pool = self.pool
-        lines = [f"**Model:** `{model if model != PAPER else 'paper backbones'}` on **{pool.device}** "
-                 f"({pool.precision})."]
+        lines = [
+            f"**Model:** `{model if model != PAPER else 'paper backbones'}` on **{pool.device}** ({pool.precision})."
+        ]
         models = [model] if model != PAPER else [get_method(m).info.default_model for m in self.method_ids]
         if any(is_random_weights(m) for m in models):
             lines.append(
@@ -145,8 +146,9 @@ class ZsadApp:
             lines.append("Expected time per image: measured after the first run.")
         return "  \n".join(lines)
 
-    def method_menus(self, model: str) -> tuple[dict, dict, dict[str, dict]]:
-        """Updates for the runnable-methods group, the unavailable group and each checkpoint menu."""
+    def method_menus(self, model: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+        """Component settings for the runnable-methods group, the unavailable group and each
+        checkpoint menu, for ``model`` (used to build them, and as updates when the model changes)."""
         statuses = [method_status(m, _model_arg(model)) for m in self.method_ids]
         runnable = [(f"{s.name}", s.method) for s in statuses if s.available]
         blocked = [(f"{s.name}: {s.reason}", s.method) for s in statuses if not s.available]
@@ -157,15 +159,15 @@ class ZsadApp:
         for status in statuses:
             if not get_method(status.method).info.training_free:
                 options = [(choice.label, choice.source) for choice in status.checkpoints]
-                checkpoints[status.method] = gr.update(
-                    choices=options,
-                    value=options[0][1] if options else None,
-                    interactive=bool(options),
-                    info=None if options else status.reason,
-                )
+                checkpoints[status.method] = {
+                    "choices": options,
+                    "value": options[0][1] if options else None,
+                    "interactive": bool(options),
+                    "info": None if options else "not available: " + status.explanation,
+                }
         return (
-            gr.update(choices=runnable, value=chosen),
-            gr.update(choices=blocked, value=[], visible=bool(blocked)),
+            {"choices": runnable, "value": chosen},
+            {"choices": blocked, "value": [], "visible": bool(blocked)},
             checkpoints,
         )
 
@@ -210,14 +212,14 @@ class ZsadApp:
         for image, image_ranges in zip(run.images, ranges):
             if image.picture is None:
                 continue
-            gallery.append((image.picture, f"{image.name}: input"))
+            gallery.append((image.picture, image.name))
             for method in run.methods:
                 result = image.results.get(method)
                 if result is None:
                     continue
                 low, high = image_ranges[method]
                 drawn = threshold_overlay(image.picture, result, low, high, threshold, cmap=DEFAULT_CMAP)
-                gallery.append((drawn, f"{image.name}: {self.names[method]}, score {result.score:.4g}"))
+                gallery.append((drawn, f"{self.names[method]} {result.score:.3g}"))
         if mode == "per_method":
             label = "shared relative scale: 0 = the method's lowest value on these images, 1 = its highest"
             bar = colorbar_strip(0.0, 1.0, DEFAULT_CMAP, label)
@@ -237,13 +239,17 @@ class ZsadApp:
             low, high = first_ranges[method]
             slider = (first.picture, overlay(first.picture, result, low, high))
         table = self.score_table(run)
-        chart = table[table["status"] == "ok"][["image", "method", "score"]] if table is not None else None
+        chart = table[table["status"] == "ok"][["image", "method", "score"]].copy()
+        chart["bar"] = chart["image"] + " · " + chart["method"]  # one bar per image and method, never stacked
         return gallery, bar, masks, slider, table, chart
 
     def score_table(self, run: ComparisonRun) -> pd.DataFrame:
-        rows = score_rows(run)
-        frame = pd.DataFrame(rows, columns=["image", "method", "status", "score", "seconds", "map_min", "map_max", "error"])
+        """Scores for the page: method names, values to 4 significant digits (the download keeps all)."""
+        columns = ["image", "method", "status", "score", "seconds", "map_min", "map_max", "error"]
+        frame = pd.DataFrame(score_rows(run), columns=columns)
         frame["method"] = [self.names.get(m, m) for m in frame["method"]]
+        for column in ("score", "seconds", "map_min", "map_max"):
+            frame[column] = [None if pd.isna(v) else float(f"{v:.4g}") for v in frame[column]]
         return frame
 
     def slider_for(self, run: ComparisonRun | None, image_name: str, method_name: str, scale_label: str) -> Any:
@@ -332,7 +338,9 @@ def _examples() -> list[list[Any]]:
     if not listing.is_file():
         return []
     entries = json.loads(listing.read_text())
-    return [[[str(ASSETS / entry["file"])], entry["category"]] for entry in entries if (ASSETS / entry["file"]).is_file()]
+    return [
+        [[str(ASSETS / entry["file"])], entry["category"]] for entry in entries if (ASSETS / entry["file"]).is_file()
+    ]
 
 
 def _prompt_texts(method: str) -> tuple[str, str, str]:
@@ -363,28 +371,35 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 gallery_in = gr.Gallery(
-                    label="Images (upload, drop, paste or webcam; several at once)",
+                    label="Images",
                     type="filepath",
                     sources=["upload", "clipboard", "webcam"],
                     file_types=["image"],
                     interactive=True,
                     columns=3,
                     height=260,
+                    object_fit="contain",
                     elem_id="inputs",
                 )
+                gr.Markdown("Upload, drop, paste or take (webcam) one or several images.", elem_classes="hint")
                 category = gr.Textbox(
                     label="What is it?", placeholder="e.g. bottle, metal nut, fabric", elem_id="category"
                 )
-                methods = gr.CheckboxGroup(label="Methods", elem_id="methods")
+                runnable, blocked, checkpoint_settings = app.method_menus(settings.model)
+                methods = gr.CheckboxGroup(label="Methods", elem_id="methods", **runnable)
                 unavailable = gr.CheckboxGroup(
-                    label="Not available here", interactive=False, elem_id="unavailable-methods"
+                    label="Not available here", interactive=False, elem_id="unavailable-methods", **blocked
                 )
                 with gr.Accordion("Model and checkpoints", open=False):
                     model = gr.Dropdown(
                         choices=model_choices(settings.model), value=settings.model, label="Backbone", elem_id="model"
                     )
                     checkpoint_menus = {
-                        method: gr.Dropdown(label=f"{app.names[method]} checkpoint", elem_id=f"checkpoint-{method}")
+                        method: gr.Dropdown(
+                            label=f"{app.names[method]} checkpoint",
+                            elem_id=f"checkpoint-{method}",
+                            **checkpoint_settings[method],
+                        )
                         for method in learnable
                     }
                 with gr.Accordion("Prompts (advanced)", open=False):
@@ -419,7 +434,13 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                         0.0, 1.0, value=0.7, step=0.01, label="Threshold (on the colour scale)", elem_id="threshold"
                     )
                 gallery_out = gr.Gallery(
-                    label="Input and each method's map", columns=4, format="png", height=480, elem_id="results"
+                    label="Input and each method's map (name and image score)",
+                    show_label=False,
+                    columns=4,
+                    format="png",
+                    height="auto",
+                    object_fit="contain",
+                    elem_id="results",
                 )
                 colorbar = gr.Image(label="Colour bar", format="png", height=90, interactive=False, elem_id="colorbar")
                 gr.Markdown(
@@ -432,9 +453,19 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 with gr.Tabs():
                     with gr.Tab("Scores"):
                         scores = gr.Dataframe(label="Scores and seconds per image", elem_id="scores")
-                        chart = gr.BarPlot(x="image", y="score", color="method", label="Image scores", elem_id="chart")
+                        chart = gr.BarPlot(
+                            x="bar",
+                            y="score",
+                            color="method",
+                            label="Image scores",
+                            x_title="image · method",
+                            x_label_angle=-30,
+                            elem_id="chart",
+                        )
                     with gr.Tab("Masks"):
-                        masks = gr.AnnotatedImage(label="Pixels above the threshold (first image)", elem_id="masks")
+                        masks = gr.AnnotatedImage(
+                            label="Pixels above the threshold (first image)", format="png", elem_id="masks"
+                        )
                     with gr.Tab("Compare"):
                         with gr.Row():
                             slider_image = gr.Dropdown(label="Image", elem_id="slider-image")
@@ -447,7 +478,11 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                         explain_note = gr.Markdown(elem_id="explain-note")
                         explain_table = gr.Dataframe(label="Each state phrase, by size of effect", elem_id="explain")
                         explain_chart = gr.BarPlot(
-                            x="state", y="effect", color="kind", sort="-y", label="Effect on the score",
+                            x="state",
+                            y="effect",
+                            color="kind",
+                            sort="-y",
+                            label="Effect on the score",
                             elem_id="explain-chart",
                         )
                 download = gr.DownloadButton("Download everything (ZIP)", visible=False, elem_id="download")
@@ -455,12 +490,22 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         # ---------------------------------------------------------------------- handlers
         def on_model(chosen: str) -> list[Any]:
             runnable, blocked, menus = app.method_menus(chosen)
-            return [app.model_note(chosen), runnable, blocked, *[menus[m] for m in learnable]]
+            updates = [gr.update(**runnable), gr.update(**blocked), *[gr.update(**menus[m]) for m in learnable]]
+            return [app.model_note(chosen), *updates]
 
         def run(
-            gallery: Any, category_text: str, chosen: list[str], chosen_model: str, scale_label: str,
-            level: float, use_custom: bool, normal: str, abnormal: str, template: str, *checkpoint_values: Any,
-            progress: gr.Progress = gr.Progress(),
+            gallery: Any,
+            category_text: str,
+            chosen: list[str],
+            chosen_model: str,
+            scale_label: str,
+            level: float,
+            use_custom: bool,
+            normal: str,
+            abnormal: str,
+            template: str,
+            *checkpoint_values: Any,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio injects its progress tracker
         ) -> list[Any]:
             files = _gallery_files(gallery)
             if not files:
@@ -490,18 +535,30 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             names = [image.name for image in result.images if image.results]
             method_names = [app.names[m] for m in result.succeeded_methods]
             archive = Path(tempfile.mkdtemp(prefix="zsad-")) / f"zsad-{time.strftime('%Y%m%d-%H%M%S')}.zip"
-            write_archive(result, archive, scale=SCALES.get(scale_label, "per_method"),
-                          extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}})
+            write_archive(
+                result,
+                archive,
+                scale=SCALES.get(scale_label, "per_method"),
+                extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}},
+            )
             rendered = app.render(result, scale_label, level)
             first_name = names[0] if names else None
             first_method_name = method_names[0] if method_names else None
-            table, chart_frame, explain_text = app.explanation(result, first_name, first_method_name) if names else (
-                None, None, "")
+            table, chart_frame, explain_text = (
+                app.explanation(result, first_name, first_method_name) if names else (None, None, "")
+            )
             return [
-                result, text, *rendered,
-                gr.update(choices=names, value=first_name), gr.update(choices=method_names, value=first_method_name),
-                gr.update(choices=names, value=first_name), gr.update(choices=method_names, value=first_method_name),
-                table, chart_frame, explain_text,
+                result,
+                text,
+                app.model_note(chosen_model),
+                *rendered,
+                gr.update(choices=names, value=first_name),
+                gr.update(choices=method_names, value=first_method_name),
+                gr.update(choices=names, value=first_name),
+                gr.update(choices=method_names, value=first_method_name),
+                table,
+                chart_frame,
+                explain_text,
                 gr.update(value=str(archive), visible=True),
             ]
 
@@ -512,36 +569,82 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             return [*_prompt_texts(method), False]
 
         model_outputs = [note, methods, unavailable, *checkpoint_menus.values()]
-        demo.load(on_model, inputs=model, outputs=model_outputs, api_visibility="private")
         model.change(on_model, inputs=model, outputs=model_outputs, api_visibility="private")
         render_outputs = [gallery_out, colorbar, masks, slider, scores, chart]
         run_button.click(
             run,
-            inputs=[gallery_in, category, methods, model, scale, threshold, custom, normal_box, abnormal_box,
-                    template_box, *checkpoint_menus.values()],
-            outputs=[run_state, messages, *render_outputs, slider_image, slider_method, explain_image,
-                     explain_method, explain_table, explain_chart, explain_note, download],
-            api_visibility="private",
+            inputs=[
+                gallery_in,
+                category,
+                methods,
+                model,
+                scale,
+                threshold,
+                custom,
+                normal_box,
+                abnormal_box,
+                template_box,
+                *checkpoint_menus.values(),
+            ],
+            outputs=[
+                run_state,
+                messages,
+                note,
+                *render_outputs,
+                slider_image,
+                slider_method,
+                explain_image,
+                explain_method,
+                explain_table,
+                explain_chart,
+                explain_note,
+                download,
+            ],
+            api_name="compare",
+            api_visibility="undocumented",  # the page's own call; scripts use /detect
             concurrency_limit=1,
             concurrency_id="models",
         )
         for control in (threshold, scale):
             control.change(
-                redraw, inputs=[run_state, scale, threshold], outputs=render_outputs, api_visibility="private",
-                trigger_mode="always_last", concurrency_limit=4, concurrency_id="redraw", show_progress="hidden",
+                redraw,
+                inputs=[run_state, scale, threshold],
+                outputs=render_outputs,
+                api_name="redraw",
+                api_visibility="undocumented",
+                trigger_mode="always_last",
+                concurrency_limit=4,
+                concurrency_id="redraw",
+                show_progress="hidden",
             )
         for control in (slider_image, slider_method):
-            control.change(app.slider_for, inputs=[run_state, slider_image, slider_method, scale], outputs=slider,
-                           api_visibility="private")
+            control.change(
+                app.slider_for,
+                inputs=[run_state, slider_image, slider_method, scale],
+                outputs=slider,
+                api_visibility="private",
+            )
         for control in (explain_image, explain_method):
-            control.change(app.explanation, inputs=[run_state, explain_image, explain_method],
-                           outputs=[explain_table, explain_chart, explain_note], api_visibility="private")
+            control.change(
+                app.explanation,
+                inputs=[run_state, explain_image, explain_method],
+                outputs=[explain_table, explain_chart, explain_note],
+                api_visibility="private",
+            )
         for box in (normal_box, abnormal_box, template_box):
             box.input(lambda: True, outputs=custom, api_visibility="private")
-        reset.click(reset_prompts, inputs=prompt_source, outputs=[normal_box, abnormal_box, template_box, custom],
-                    api_visibility="private")
-        prompt_source.change(reset_prompts, inputs=prompt_source,
-                             outputs=[normal_box, abnormal_box, template_box, custom], api_visibility="private")
+        reset.click(
+            reset_prompts,
+            inputs=prompt_source,
+            outputs=[normal_box, abnormal_box, template_box, custom],
+            api_visibility="private",
+        )
+        prompt_source.change(
+            reset_prompts,
+            inputs=prompt_source,
+            outputs=[normal_box, abnormal_box, template_box, custom],
+            api_visibility="private",
+        )
 
         # ------------------------------------------------------------------ API endpoints
         api_files = gr.File(file_count="multiple", visible=False)
@@ -596,8 +699,9 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             }
             return json.loads(json.dumps(payload, default=str)), str(archive)
 
-        def api_explain(files: list[str] | None, category_text: str, method: str, model_name: str,
-                        prompt_json: str) -> dict:
+        def api_explain(
+            files: list[str] | None, category_text: str, method: str, model_name: str, prompt_json: str
+        ) -> dict:
             """How much each prompt state moves one image's score, for one method."""
             chosen_model = model_name or settings.model
             if method not in app.method_ids:
@@ -626,12 +730,20 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
 
         api_button = gr.Button(visible=False)
         api_button.click(
-            api_detect, inputs=[api_files, api_category, api_methods, api_model, api_prompts],
-            outputs=[api_json, api_zip], api_name="detect", concurrency_limit=1, concurrency_id="models",
+            api_detect,
+            inputs=[api_files, api_category, api_methods, api_model, api_prompts],
+            outputs=[api_json, api_zip],
+            api_name="detect",
+            concurrency_limit=1,
+            concurrency_id="models",
         )
         api_button.click(
-            api_explain, inputs=[api_files, api_category, api_method, api_model, api_prompts], outputs=api_json,
-            api_name="explain", concurrency_limit=1, concurrency_id="models",
+            api_explain,
+            inputs=[api_files, api_category, api_method, api_model, api_prompts],
+            outputs=api_json,
+            api_name="explain",
+            concurrency_limit=1,
+            concurrency_id="models",
         )
     demo.zsad_app = app  # type: ignore[attr-defined]  # tests reach the handlers' state through it
     return demo
@@ -641,14 +753,20 @@ def launch(demo: gr.Blocks, host: str | None, port: int | None, share: bool, **k
     """Queue with explicit limits, then serve."""
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo.launch(
-        server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(ASSETS)], **kwargs,
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[str(ASSETS)],
+        **kwargs,
     )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="backbone to start with (default: $ZSAD_MODEL, else the best present)")
+    parser.add_argument(
+        "--model", default=None, help="backbone to start with (default: $ZSAD_MODEL, else the best present)"
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to serve on")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")

@@ -335,3 +335,32 @@ def test_collect_images_recurses_sorts_and_filters(tmp_path: Path) -> None:
     assert [path.name for path in found] == ["b.png", "a.JPG"]
     with pytest.raises(FileNotFoundError, match="no images"):
         collect_images([str(tmp_path / "sub" / "*.png")])
+
+
+# ----------------------------------------------------------------------------------------- explain
+def test_explain_prints_each_methods_states_by_effect(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    image = write_image(tmp_path / "cap.png", make_image(40, 56, seed=4))
+    status, out, _ = run_cli(capsys, "explain", str(image), "--category", "bottle cap", "--methods", "winclip", *TINY)
+    assert status == 0
+    assert out.startswith("winclip: text score") and "(image score)" in out
+    assert "bottle cap with damage" in out and "flawless bottle cap" in out  # '{}' filled with the category
+    status, out, _ = run_cli(
+        capsys, "explain", str(image), "--category", "bottle cap", "--methods", "winclip,sdp", "--top", "3",
+        "--abnormal-states", "scratched;{} with a hole", "--json", *TINY,
+    )
+    report = json.loads(out)
+    assert [entry["method"] for entry in report["methods"]] == ["winclip", "sdp"]
+    for entry in report["methods"]:
+        effects = [abs(state["effect"]) for state in entry["states"] if state["effect"] is not None]
+        assert len(entry["states"]) == 3 and effects == sorted(effects, reverse=True)
+    winclip = report["methods"][0]
+    assert winclip["text_score"] == pytest.approx(winclip["score"], abs=1e-6)
+    abnormal = {state["state"] for state in winclip["states"] if state["kind"] == "abnormal"}
+    assert abnormal <= {"scratched {}", "{} with a hole"}
+
+
+def test_explain_names_a_bad_image_without_loading_a_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"no image here")
+    status, _, err = run_cli(capsys, "explain", str(broken), "--category", "bottle", *TINY)
+    assert status == 2 and err.startswith("error: ") and "broken.png" in err and err.count("\n") == 1

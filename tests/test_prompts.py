@@ -17,6 +17,7 @@ from zsad_core.prompts import (
     WINCLIP_PROMPTS,
     PromptError,
     PromptSet,
+    clear_text_caches,
     text_anchors,
 )
 
@@ -156,7 +157,7 @@ def test_anchors_equal_naive_per_sentence_open_clip_encoding() -> None:
             for name, sentences in (("normal", normal), ("abnormal", abnormal))
         }
     assert tokenizer([normal[0]]).shape == (1, 77)
-    TEXT_FEATURE_CACHE.clear()  # compute, do not fetch
+    clear_text_caches()  # compute, do not fetch
     for reducer in ("mean", "mean_raw"):
         anchors = text_anchors(backbone, "metal nut", ADACLIP_PROMPTS, reducer=reducer, method_id="naive-check")
         assert anchors.shape == (32, 2) and anchors.dtype == torch.float32

@@ -11,13 +11,18 @@ from PIL import Image
 from zsad_core import get_method
 from zsad_core.types import AnomalyResult
 from zsad_core.visualize import (
+    colorbar_strip,
     colorize,
     display_range,
+    display_ranges,
     map_min_max,
+    outline,
     overlay,
     panel,
+    relative_threshold,
     save_png,
     threshold_mask,
+    threshold_overlay,
     with_colorbar,
 )
 
@@ -175,3 +180,68 @@ def test_save_png_round_trip(tmp_path) -> None:
     with Image.open(path) as reread:
         assert reread.format == "PNG"
         np.testing.assert_array_equal(np.asarray(reread.convert("RGB")), np.asarray(image))
+
+
+# ------------------------------------------------------------------- scales over several images
+def test_display_ranges_fit_each_method_over_all_images() -> None:
+    images = [
+        {"winclip": ramp(low=0.50, high=0.52), "sdp": ramp(low=-1e-4, high=2e-5)},
+        {"winclip": ramp(low=0.51, high=0.54), "sdp": ramp(low=-3e-5, high=7e-5)},
+        {"winclip": ramp(low=0.505, high=0.51)},  # a method may be missing on an image
+    ]
+    per_method = display_ranges(images, "per_method")
+    assert per_method[0]["winclip"] == pytest.approx((0.50, 0.54)) and per_method[2]["winclip"] == per_method[0]["winclip"]
+    assert per_method[1]["sdp"] == pytest.approx((-1e-4, 7e-5)) and "sdp" not in per_method[2]
+    shared = display_ranges(images, "shared")
+    assert all(r == pytest.approx((-1e-4, 0.54)) for ranges in shared for r in ranges.values())
+    per_image = display_ranges(images, "per_image")
+    assert per_image[1]["winclip"] == pytest.approx((0.51, 0.54))
+    assert display_ranges(images[:1], "absolute")[0]["sdp"] == (-4.0, 4.0)
+    assert display_range(images[0], "per_method") == display_range(images[0], "per_image")
+    with pytest.raises(ValueError, match="colour-scale mode"):
+        display_ranges(images, "loud")  # type: ignore[arg-type]
+
+
+def test_relative_threshold_runs_from_vmin_to_vmax() -> None:
+    assert relative_threshold(0.5, 0.54, 0.0) == 0.5
+    assert relative_threshold(0.5, 0.54, 1.0) == pytest.approx(0.54)
+    assert relative_threshold(-2.0, 6.0, 0.25) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        relative_threshold(0, 1, 1.5)
+
+
+def test_outline_draws_the_inner_border_of_the_mask_only() -> None:
+    mask = np.zeros((12, 16), dtype=bool)
+    mask[3:8, 4:12] = True  # 5 x 8 rectangle
+    drawn = np.asarray(outline(Image.new("RGB", (16, 12)), mask, colour=(255, 0, 0), width=1))
+    red = (drawn == (255, 0, 0)).all(axis=-1)
+    expected = mask.copy()
+    expected[4:7, 5:11] = False  # the interior stays untouched: only the ring of 2 * (5 + 8) - 4 pixels
+    np.testing.assert_array_equal(red, expected)
+    assert red.sum() == 22
+    thick = np.asarray(outline(Image.new("RGB", (16, 12)), mask, colour=(255, 0, 0), width=2))
+    thick_red = (thick == (255, 0, 0)).all(axis=-1)
+    assert (thick_red <= mask).all() and thick_red.sum() == 40 - 4  # two pixels deep: only the 1 x 4 core is left
+    with pytest.raises(ValueError, match="does not fit"):
+        outline(Image.new("RGB", (12, 16)), mask)
+
+
+def test_threshold_overlay_outlines_the_pixels_above_the_relative_threshold() -> None:
+    values = np.zeros((20, 30), dtype=np.float32)
+    values[5:10, 10:20] = 0.8  # above 0.5 of the way from 0 to 1
+    values[12:15, 2:6] = 0.4  # below
+    image = Image.new("RGB", (30, 20), (0, 0, 0))
+    plain = np.asarray(threshold_overlay(image, values, 0.0, 1.0, None))
+    lined = np.asarray(threshold_overlay(image, values, 0.0, 1.0, 0.5, colour=(255, 255, 255)))
+    changed = (plain != lined).any(axis=-1)
+    assert changed[5:10, 10:20].any() and not changed[:5].any() and not changed[10:].any()
+    np.testing.assert_array_equal(plain, np.asarray(overlay(image, values, 0.0, 1.0)))
+
+
+def test_colorbar_strip_runs_from_low_on_the_left_to_high_on_the_right() -> None:
+    strip = np.asarray(colorbar_strip(0.0, 1.0, "jet", label="relative"))
+    row = strip[strip.shape[0] // 4]  # through the colour band
+    coloured = np.where(np.ptp(row.astype(int), axis=-1) > 60)[0]  # jet is saturated, the frame grey
+    left, right = row[coloured[0] + 2], row[coloured[-1] - 2]
+    assert left[2] > 100 and left[0] < 60  # dark blue at vmin
+    assert right[0] > 100 and right[2] < 60  # dark red at vmax

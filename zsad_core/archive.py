@@ -42,8 +42,8 @@ def safe_stems(names: list[str]) -> list[str]:
     """File stems safe in any archive or file system, unique (case-insensitively) in order."""
     from .cli import unique_stems
 
-    cleaned = [Path(re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "image") for name in names]
-    return unique_stems(cleaned)
+    stems = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "image" for name in names]
+    return unique_stems([Path(f"{stem}.image") for stem in stems])  # no folder: repeats get -2, -3, ...
 
 
 def score_rows(run: ComparisonRun) -> list[dict[str, Any]]:
@@ -122,7 +122,11 @@ def write_archive(
             "file_stem": stem,
             "error": image.error,
             "results": {
-                method: {**result.summary(), "overlay": f"overlays/{stem}__{method}.png", "map": f"maps/{stem}__{method}.npy"}
+                method: {
+                    **result.summary(),
+                    "overlay": f"overlays/{stem}__{method}.png",
+                    "map": f"maps/{stem}__{method}.npy",
+                }
                 for method, result in image.results.items()
             },
             "errors": dict(image.errors),

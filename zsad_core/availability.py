@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 PAPER_MODELS: tuple[str, ...] = ("ViT-L-14-336:openai", "ViT-B-16-plus-240:laion400m_e31")
 
 
+class MethodUnavailableError(RuntimeError):
+    """A method that cannot run here; the message says why (e.g. no checkpoint for this backbone)."""
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """Whether a backbone can be used here.
@@ -72,7 +76,8 @@ class MethodStatus:
         model: the backbone it would run on.
         image_size: the input size it would run at.
         available: it can run.
-        reason: why not (empty when it can).
+        reason: why not, in a few words (empty when it can).
+        remedy: what to do about it (empty when nothing can be said).
         checkpoints: for learnable methods, the checkpoints that fit, best first.
     """
 
@@ -82,7 +87,13 @@ class MethodStatus:
     image_size: int
     available: bool
     reason: str = ""
+    remedy: str = ""
     checkpoints: tuple[CheckpointChoice, ...] = ()
+
+    @property
+    def explanation(self) -> str:
+        """Reason and remedy in one sentence."""
+        return f"{self.reason}; {self.remedy}" if self.remedy else self.reason
 
 
 def is_random_weights(model: str) -> bool:
@@ -193,12 +204,12 @@ def method_status(method: str, model: str | None = None, image_size: int | None 
         return MethodStatus(method, cls.info.name, model, image_size, True)
     checkpoints = tuple(find_checkpoints(method, model, image_size))
     if not checkpoints:
-        reason = (
-            f"no trained checkpoint for {model} at {image_size} px on this disk: train one with "
-            f"`python -m zsad_core train --method {method} --model {model} ...` and put the .safetensors in "
-            "weights/, or use the paper backbone with the released weights"
+        reason = f"no trained checkpoint for {model} at {image_size} px on this disk"
+        remedy = (
+            f"train one with `python -m zsad_core train --method {method} --model {model} ...` and put the "
+            ".safetensors in weights/, or use the paper backbone with the released weights"
         )
-        return MethodStatus(method, cls.info.name, model, image_size, False, reason)
+        return MethodStatus(method, cls.info.name, model, image_size, False, reason, remedy)
     return MethodStatus(method, cls.info.name, model, image_size, True, checkpoints=checkpoints)
 
 

@@ -612,6 +612,49 @@ def run_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_explain(args: argparse.Namespace) -> int:
+    """``explain``: how much each prompt state moves one image's score, per method."""
+    from .explain import explain_prompts
+    from .preprocess import load_image
+
+    category = " ".join(args.category.split())
+    if not category:
+        raise UsageError("--category is empty; give the object's name as it reads in a sentence, e.g. 'bottle'")
+    methods = parse_methods(args.methods)
+    picture = load_image(args.image)  # a bad file is named before any model is loaded
+    detectors = _build_detectors(args, methods)
+    report = []
+    for method, detector in detectors.items():
+        result = detector.detect(picture, with_evidence=True)
+        explanation = explain_prompts(result)
+        report.append(
+            {
+                "method": method,
+                "score": result.score,
+                "text_score": explanation.text_score,
+                "text_score_is": explanation.score_name,
+                "states": explanation.rows()[: args.top] if args.top else explanation.rows(),
+            }
+        )
+    if args.json:
+        print(json.dumps({"image": str(args.image), "category": category, "methods": report}, indent=2))
+        return EXIT_OK
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.4f}"
+
+    for entry in report:
+        print(f"{entry['method']}: text score {entry['text_score']:.4f} ({entry['text_score_is']})")
+        rows = [
+            [row["kind"], row["state"].replace("{}", category), f"{row['similarity']:.4f}", number(row["effect"])]
+            for row in entry["states"]
+        ]
+        print(format_table(["kind", "state", "similarity", "effect"], rows))
+        print()
+    print("effect = score with every state - score without it: positive pushes the image towards abnormal")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------- parser
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON instead of a table")
@@ -621,13 +664,8 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_list)
 
 
-def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "images",
-        nargs="+",
-        metavar="IMAGE",
-        help="image files, folders (searched recursively) or glob patterns such as 'shots/*.png'",
-    )
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Category, methods, model, device and prompt options shared by ``detect`` and ``explain``."""
     parser.add_argument("--category", required=True, help="the object's name as it reads in a prompt, e.g. 'bottle'")
     parser.add_argument(
         "--methods",
@@ -665,6 +703,24 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", default=None, help="trained parameters (path or released name) for learnable methods"
     )
+
+
+def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", metavar="IMAGE", help="one image file")
+    _add_model_arguments(parser)
+    parser.add_argument("--top", type=_positive_int, default=None, help="show only the N states of largest effect")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON instead of tables")
+    parser.set_defaults(handler=run_explain)
+
+
+def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (searched recursively) or glob patterns such as 'shots/*.png'",
+    )
+    _add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
         "--scale",
@@ -707,6 +763,14 @@ def build_parser(load_commands: Collection[str] = ()) -> argparse.ArgumentParser
             help="anomaly maps and scores for images",
             description="Anomaly maps and scores for images: an overlay PNG and a raw NPY map per image and "
             "method, and results.json.",
+        )
+    )
+    _add_explain_arguments(
+        subcommands.add_parser(
+            "explain",
+            help="which prompt words move an image's score",
+            description="For one image and each method: every normal and abnormal prompt state's similarity to "
+            "the image and its leave-one-out effect on the score (zsad_core.explain).",
         )
     )
     for command in PLUGIN_COMMANDS:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .availability import method_status
+from .availability import MethodUnavailableError, method_status
 from .backbone import ModelSpecError, WeightsNotFoundError, release_backbone, resolve_device, resolve_precision
 from .methods.base import Detector
 from .preprocess import ImageError, ImageInput, load_image
@@ -213,7 +213,8 @@ def _failure_message(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
         return "out of memory: try fewer or smaller images, one method at a time, or a smaller model"
     text = str(error).strip().splitlines()
-    if isinstance(error, (ImageError, PromptError, WeightsNotFoundError, ModelSpecError, ValueError)):
+    readable = (ImageError, PromptError, WeightsNotFoundError, ModelSpecError, MethodUnavailableError, ValueError)
+    if isinstance(error, readable):
         return " ".join(line.strip() for line in text if line.strip()) or type(error).__name__
     return f"{type(error).__name__}: {text[0] if text else 'no message'}"
 
@@ -294,7 +295,7 @@ def run_comparison(
             if not info.training_free and not checkpoint:
                 status = method_status(method, method_model)
                 if not status.available:
-                    raise RuntimeError(status.reason)
+                    raise MethodUnavailableError(status.explanation)
                 checkpoint = status.checkpoints[0].source
             report(done / steps, f"{info.name}: loading the model")
             detector = pool.get(method, method_model, checkpoint if not info.training_free else None)

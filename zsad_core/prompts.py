@@ -260,6 +260,12 @@ TEXT_FEATURE_CACHE = TextFeatureCache()
 SENTENCE_CACHE = TextFeatureCache(max_entries=64)
 
 
+def clear_text_caches() -> None:
+    """Forget every cached anchor and sentence embedding (the next prepare re-encodes its prompts)."""
+    TEXT_FEATURE_CACHE.clear()
+    SENTENCE_CACHE.clear()
+
+
 def sentence_embeddings(backbone: ClipBackbone, class_name: str, prompts: PromptSet) -> torch.Tensor:
     """Raw (not normalised) embeddings of ``prompts.sentences(class_name)``, normal sentences first.
 

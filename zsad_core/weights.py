@@ -5,19 +5,25 @@ resolves a name listed here to a file:
 
 1. the local weights folders (``$ZSAD_WEIGHTS_DIR``, ``weights/`` beside the package, ``./weights``;
    see :func:`zsad_core.backbone.weights_dirs`), as ``<folder>/<filename>``;
-2. the Hugging Face cache, for entries published on the Hub;
-3. a download from the Hub, only when it is reachable (``HF_HUB_OFFLINE=1`` forbids it).
+2. the Hugging Face cache, for entries published on the Hub, at the entry's pinned ``revision``;
+3. a download of that revision from the Hub, only when it is reachable (``HF_HUB_OFFLINE=1`` forbids it).
 
 When all fail, :class:`~zsad_core.backbone.WeightsNotFoundError` says where the file comes from and
-where to put it. When an entry's ``sha256`` is known the file is verified first
-(:class:`WeightsIntegrityError` when it differs).
+where to put it. When an entry's ``sha256`` is known the file is verified first, wherever it was
+found (:class:`WeightsIntegrityError` when it differs).
+
+:func:`find_local_released_weights` answers "is it already on this disk?" without network and
+without hashing, for pages that list the checkpoints.
 
 Entries:
 
 - AdaCLIP (methods.md §2.11): the authors' three checkpoints, mirrored unchanged on the Hub repo
-  ``cubert-gmbh/adaclip`` (AdaCLIP issue #59). Their revision and hashes were not verifiable
-  offline when this list was written, so ``revision`` and ``sha256`` are None (latest revision,
-  no verification).
+  ``cubert-gmbh/adaclip`` (AdaCLIP issue #59). The revision and sha256 pins are the ones listed in
+  the public weights registry of cubert-hyperspectral/cuvis-ai-core
+  (``cuvis_ai_core/data/model_weights.py``; recorded in the project's design notes, 2026-12); they
+  were not re-hashed here, as the files cannot be downloaded on the machines this was written on.
+  The file names pair MVTec AD with ColonDB and VisA with ClinicDB, as the AdaCLIP README's Train
+  section does (its weights table labels them otherwise).
 - SDP+ (methods.md §3.5): ``pretrained_models/train_on_{mvtec,visa}.pth`` are tracked in the
   authors' git repository https://github.com/ByChelsea/CLIP-AD, not on the Hub. Download them from
   there (GitHub's "Download raw file") and put them in a weights folder; or retrain with
@@ -47,6 +53,9 @@ class ReleasedWeights:
     Attributes:
         name: the name to pass as ``checkpoint=`` (lower case, e.g. "adaclip-mvtec-colondb").
         method: the method id it loads into.
+        model: the backbone model string it was trained with (see :mod:`zsad_core.backbone`), e.g.
+            "ViT-L-14-336:openai"; a detector loading it must use this backbone.
+        image_size: the input side S in pixels it was trained at.
         hub_repo: Hugging Face Hub repository holding it, or None when it is not on the Hub.
         filename: file name in that repository, and in the local weights folders.
         revision: Hub revision (commit) to pin, or None for the latest.
@@ -58,6 +67,8 @@ class ReleasedWeights:
 
     name: str
     method: str
+    model: str
+    image_size: int
     hub_repo: str | None
     filename: str
     revision: str | None
@@ -74,24 +85,34 @@ class ReleasedWeights:
         return self.notes
 
 
+# Hub commit of cubert-gmbh/adaclip holding the three files, and their sha256, as listed in the public
+# registry of cubert-hyperspectral/cuvis-ai-core (cuvis_ai_core/data/model_weights.py).
+_ADACLIP_REVISION = "16153b4ba74c2fe54a99679fc2e1b1e29993dc3f"
+_ADACLIP_MODEL = "ViT-L-14-336:openai"  # run with plain GELU (AdaCLIPConfig.quick_gelu=False)
+_ADACLIP_SIZE = 518
+_SDP_PLUS_MODEL = "ViT-B-16-plus-240:laion400m_e31"
+_SDP_PLUS_SIZE = 240
+
 _ADACLIP_NOTES = (
     "AdaCLIP authors' release (Google Drive / Baidu links in caoyunkang/AdaCLIP README), mirrored unchanged "
-    "on the Hub; load with model ViT-L-14-336:openai (GELU), 518 px."
+    f"on the Hub; load with model {_ADACLIP_MODEL} (GELU), {_ADACLIP_SIZE} px."
 )
 _SDP_PLUS_NOTES = (
     "not on the Hugging Face Hub: download pretrained_models/{file} from the authors' repository "
     "https://github.com/ByChelsea/CLIP-AD (open the file on GitHub and use 'Download raw file'); load with model "
-    "ViT-B-16-plus-240:laion400m_e31, 240 px, layers 3/6/9/12, reference_aliasing=True."
+    f"{_SDP_PLUS_MODEL}, {_SDP_PLUS_SIZE} px, layers 3/6/9/12, reference_aliasing=True."
 )
 
 RELEASED_WEIGHTS: tuple[ReleasedWeights, ...] = (
     ReleasedWeights(
         name="adaclip-mvtec-colondb",
         method="adaclip",
+        model=_ADACLIP_MODEL,
+        image_size=_ADACLIP_SIZE,
         hub_repo="cubert-gmbh/adaclip",
         filename="pretrained_mvtec_colondb.pth",
-        revision=None,
-        sha256=None,
+        revision=_ADACLIP_REVISION,
+        sha256="be51a42c052bd4cf060e54f503a1f5d0b2a3b899bc8dc2e243042f18b215427e",
         license="MIT (caoyunkang/AdaCLIP)",
         trained_on="MVTec AD + ColonDB (test splits)",
         notes=_ADACLIP_NOTES + " Zero-shot on VisA, ClinicDB, BTAD, MPDD, KSDD, DAGM, DTD, HeadCT, BrainMRI, "
@@ -100,10 +121,12 @@ RELEASED_WEIGHTS: tuple[ReleasedWeights, ...] = (
     ReleasedWeights(
         name="adaclip-visa-clinicdb",
         method="adaclip",
+        model=_ADACLIP_MODEL,
+        image_size=_ADACLIP_SIZE,
         hub_repo="cubert-gmbh/adaclip",
         filename="pretrained_visa_clinicdb.pth",
-        revision=None,
-        sha256=None,
+        revision=_ADACLIP_REVISION,
+        sha256="3deabbbaf1e412cfdfcb42923a500b986f4b9ee96ccbc7a735d89dbc87df44c8",
         license="MIT (caoyunkang/AdaCLIP)",
         trained_on="VisA + ClinicDB (test splits)",
         notes=_ADACLIP_NOTES + " Zero-shot on MVTec AD and ColonDB.",
@@ -111,10 +134,12 @@ RELEASED_WEIGHTS: tuple[ReleasedWeights, ...] = (
     ReleasedWeights(
         name="adaclip-all",
         method="adaclip",
+        model=_ADACLIP_MODEL,
+        image_size=_ADACLIP_SIZE,
         hub_repo="cubert-gmbh/adaclip",
         filename="pretrained_all.pth",
-        revision=None,
-        sha256=None,
+        revision=_ADACLIP_REVISION,
+        sha256="33e8d3db1cb4aab030866b8b70a46e10aa27ebf2c23b5463cb07f2574addd98c",
         license="MIT (caoyunkang/AdaCLIP)",
         trained_on="all 14 datasets of the AdaCLIP paper (test splits)",
         notes=_ADACLIP_NOTES + " Demo only: not zero-shot on any of the paper's datasets.",
@@ -122,6 +147,8 @@ RELEASED_WEIGHTS: tuple[ReleasedWeights, ...] = (
     ReleasedWeights(
         name="sdp-plus-mvtec",
         method="sdp_plus",
+        model=_SDP_PLUS_MODEL,
+        image_size=_SDP_PLUS_SIZE,
         hub_repo=None,
         filename="train_on_mvtec.pth",
         revision=None,
@@ -133,6 +160,8 @@ RELEASED_WEIGHTS: tuple[ReleasedWeights, ...] = (
     ReleasedWeights(
         name="sdp-plus-visa",
         method="sdp_plus",
+        model=_SDP_PLUS_MODEL,
+        image_size=_SDP_PLUS_SIZE,
         hub_repo=None,
         filename="train_on_visa.pth",
         revision=None,
@@ -179,8 +208,45 @@ def _verified(entry: ReleasedWeights, path: Path) -> Path:
     return path
 
 
+def _entry(name: str) -> ReleasedWeights:
+    entry = find_released_weights(name)
+    if entry is None:
+        known = ", ".join(w.name for w in RELEASED_WEIGHTS)
+        raise ValueError(f"unknown released weights {name!r}; known: {known}")
+    return entry
+
+
+def find_local_released_weights(name: str) -> Path | None:
+    """The path of released checkpoint ``name`` when it is already on this disk, else None.
+
+    Looks where :func:`resolve_released_weights` looks first: the local weights folders, then the
+    Hugging Face cache at the entry's pinned revision. Never touches the network and never hashes
+    the file (it is meant for a page that lists the checkpoints; :func:`resolve_released_weights`
+    verifies the sha256 when the file is used).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    entry = _entry(name)
+    for folder in weights_dirs():
+        candidate = folder / entry.filename
+        if candidate.is_file():
+            return candidate
+    if entry.hub_repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        # a plain look-up in the cache folders (refs, snapshots): no request, unlike hf_hub_download
+        cached = try_to_load_from_cache(entry.hub_repo, entry.filename, revision=entry.revision)
+        if isinstance(cached, str) and Path(cached).is_file():
+            return Path(cached)
+    return None
+
+
 def resolve_released_weights(name: str) -> Path:
     """The local path of released checkpoint ``name``: weights folders, Hub cache, then Hub download.
+
+    The Hub cache and the download use the entry's pinned ``revision``; a file found anywhere is
+    checked against the entry's ``sha256`` when it has one.
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
@@ -188,10 +254,7 @@ def resolve_released_weights(name: str) -> Path:
             says where the file comes from and where to put it.
         WeightsIntegrityError: the file found has another sha256 than the registry's.
     """
-    entry = find_released_weights(name)
-    if entry is None:
-        known = ", ".join(w.name for w in RELEASED_WEIGHTS)
-        raise ValueError(f"unknown released weights {name!r}; known: {known}")
+    entry = _entry(name)
     looked_in = []
     for folder in weights_dirs():
         candidate = folder / entry.filename
