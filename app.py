@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ SCALES = {
 MAX_IMAGES = int(os.environ.get("ZSAD_MAX_IMAGES", 16))
 MAX_SIDE = int(os.environ.get("ZSAD_MAX_SIDE", 2048))
 MAX_FILE_SIZE = os.environ.get("ZSAD_MAX_FILE_SIZE", "25mb")
+ARCHIVE_LIFETIME_S = 3600  # results ZIPs and Gradio's copies of files are removed after an hour
+SESSION_LIFETIME_S = 3600  # a session's maps are dropped an hour after its last run
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -120,6 +123,7 @@ class ZsadApp:
         self.method_ids = [info.id for info in list_methods()]
         self.names = {info.id: info.name for info in list_methods()}
         self.detect_calls = 0  # model runs served (the threshold redraw must never add one)
+        self.archive_dir = Path(tempfile.mkdtemp(prefix="zsad-archives-"))
 
     # --------------------------------------------------------------------------------- text
     def model_note(self, model: str) -> str:
@@ -201,6 +205,36 @@ class ZsadApp:
         if methods:
             run_comparison(self.pool, [("warm-up", picture)], methods, "object", model=_model_arg(model))
 
+    def new_archive_path(self, name: str) -> Path:
+        """A fresh path for a results ZIP in the app's own folder; archives older than an hour are removed."""
+        now = time.time()
+        for folder in self.archive_dir.iterdir():
+            if now - folder.stat().st_mtime > ARCHIVE_LIFETIME_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.archive_dir)) / name  # one folder each: names stay readable
+
+    def api_request(
+        self, files: list[str] | None, prompt_json: str
+    ) -> tuple[list[tuple[str, str]], tuple[list[str] | None, list[str] | None, list[str] | None]]:
+        """Check an API call's images and prompt overrides; raise :class:`gr.Error` naming the problem."""
+        items = [(Path(f).name, f) for f in (files or [])]
+        if not items:
+            raise gr.Error("no images given")
+        if len(items) > self.settings.max_images:
+            raise gr.Error(f"{len(items)} images is more than the limit of {self.settings.max_images} per call")
+        try:
+            overrides = json.loads(prompt_json) if (prompt_json or "").strip() else {}
+        except json.JSONDecodeError as error:
+            raise gr.Error(f"prompts must be a JSON object: {error}") from error
+        parts = ("normal_states", "abnormal_states", "templates")
+        if not isinstance(overrides, dict) or set(overrides) - set(parts):
+            raise gr.Error(f"prompts must be a JSON object with any of {', '.join(parts)}")
+        for part, values in overrides.items():
+            if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+                raise gr.Error(f"prompts: {part} must be a list of strings")
+        normal, abnormal, templates = (overrides.get(part) for part in parts)
+        return items, (normal, abnormal, templates)
+
     # ------------------------------------------------------------------------------ rendering
     def render(self, run: ComparisonRun | None, scale_label: str, threshold: float) -> tuple[Any, ...]:
         """Gallery, colour bar, masks, slider, table and chart from stored results (no model runs)."""
@@ -241,7 +275,8 @@ class ZsadApp:
         table = self.score_table(run)
         chart = table[table["status"] == "ok"][["image", "method", "score"]].copy()
         chart["bar"] = chart["image"] + " · " + chart["method"]  # one bar per image and method, never stacked
-        return gallery, bar, masks, slider, table, chart
+        row = gr.update(value=gallery, columns=min(5, 1 + len(run.succeeded_methods)))  # one image per row
+        return row, bar, masks, slider, table, chart
 
     def score_table(self, run: ComparisonRun) -> pd.DataFrame:
         """Scores for the page: method names, values to 4 significant digits (the download keeps all)."""
@@ -360,8 +395,9 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
     learnable = [m for m in app.method_ids if not get_method(m).info.training_free]
     first_method = app.method_ids[0]
 
-    with gr.Blocks(title="zsad: zero-shot anomaly detection") as demo:
-        run_state = gr.State(None)
+    cache_lifetime = (ARCHIVE_LIFETIME_S, ARCHIVE_LIFETIME_S)  # (check every, delete older than) seconds
+    with gr.Blocks(title="zsad: zero-shot anomaly detection", delete_cache=cache_lifetime) as demo:
+        run_state = gr.State(None, time_to_live=SESSION_LIFETIME_S)  # the maps behind the threshold redraw
         gr.Markdown(
             "# zsad: zero-shot anomaly detection with CLIP\n"
             "Upload pictures of something, say what it is, and compare where WinCLIP, CLIP-AD (SDP, SDP+) and "
@@ -534,7 +570,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 text += "\n\n**Problems:**\n" + "\n".join(f"- {p}" for p in problems)
             names = [image.name for image in result.images if image.results]
             method_names = [app.names[m] for m in result.succeeded_methods]
-            archive = Path(tempfile.mkdtemp(prefix="zsad-")) / f"zsad-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+            archive = app.new_archive_path(f"zsad-{time.strftime('%Y%m%d-%H%M%S')}.zip")
             write_archive(
                 result,
                 archive,
@@ -675,21 +711,12 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             unknown = [m for m in chosen if m not in app.method_ids]
             if unknown:
                 raise gr.Error(f"unknown method(s) {unknown}; known: {app.method_ids}")
-            try:
-                overrides = json.loads(prompt_json) if prompt_json else {}
-            except json.JSONDecodeError as error:
-                raise gr.Error(f"prompts must be a JSON object: {error}") from error
-            items = [(Path(f).name, f) for f in (files or [])]
-            if not items:
-                raise gr.Error("no images given")
-            if len(items) > settings.max_images:
-                raise gr.Error(f"{len(items)} images is more than the limit of {settings.max_images} per call")
-            prompts = (overrides.get("normal_states"), overrides.get("abnormal_states"), overrides.get("templates"))
+            items, prompts = app.api_request(files, prompt_json)
             try:
                 result = app.compute(items, category_text or "", chosen, chosen_model, {}, prompts)
             except PromptError as error:
                 raise gr.Error(str(error)) from error
-            archive = Path(tempfile.mkdtemp(prefix="zsad-")) / "zsad-results.zip"
+            archive = app.new_archive_path("zsad-results.zip")
             write_archive(result, archive, extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}})
             payload = {
                 "category": result.category,
@@ -706,11 +733,8 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             chosen_model = model_name or settings.model
             if method not in app.method_ids:
                 raise gr.Error(f"unknown method {method!r}; known: {app.method_ids}")
-            items = [(Path(f).name, f) for f in (files or [])][:1]
-            if not items:
-                raise gr.Error("no image given")
-            overrides = json.loads(prompt_json) if prompt_json else {}
-            prompts = (overrides.get("normal_states"), overrides.get("abnormal_states"), overrides.get("templates"))
+            items, prompts = app.api_request(files, prompt_json)
+            items = items[:1]
             try:
                 result = app.compute(items, category_text or "", [method], chosen_model, {}, prompts)
             except PromptError as error:

@@ -44,6 +44,11 @@ def served(tmp_path_factory):
     demo.close()
 
 
+def _value(output):
+    """An output's value, whether the handler returned it plainly or as a component update."""
+    return output["value"] if isinstance(output, dict) and "value" in output else output
+
+
 def _files(folder: Path, *names: str) -> list:
     return [gradio_client.handle_file(str(folder / name)) for name in names]
 
@@ -87,6 +92,21 @@ def test_detect_endpoint_refuses_bad_requests_with_a_message(served) -> None:
         client.predict(_files(folder, "first.png"), "cap", "nonsense", "", "", api_name="/detect")
     with pytest.raises(Exception, match="JSON object"):
         client.predict(_files(folder, "first.png"), "cap", "winclip", "", "{oops", api_name="/detect")
+    with pytest.raises(Exception, match="JSON object with any of normal_states"):
+        client.predict(_files(folder, "first.png"), "cap", "winclip", "", '["scratched"]', api_name="/detect")
+    with pytest.raises(Exception, match="templates must be a list of strings"):
+        client.predict(_files(folder, "first.png"), "cap", "winclip", "", '{"templates": "a {}"}', api_name="/detect")
+
+
+def test_old_archives_are_removed(served) -> None:
+    demo, _, _ = served
+    app = demo.zsad_app
+    stale = app.new_archive_path("old.zip")
+    stale.write_bytes(b"zip")
+    old = os.stat(stale.parent).st_mtime - 2 * zsad_app.ARCHIVE_LIFETIME_S
+    os.utime(stale.parent, (old, old))
+    fresh = app.new_archive_path("new.zip")
+    assert not stale.exists() and fresh.parent.is_dir() and fresh.parent.parent == app.archive_dir
 
 
 def test_page_run_then_threshold_redraw_runs_no_model(served, monkeypatch) -> None:
@@ -110,7 +130,7 @@ def test_page_run_then_threshold_redraw_runs_no_model(served, monkeypatch) -> No
         None,
         api_name="/compare",
     )
-    message, note, results = outputs[0], outputs[1], outputs[2]
+    message, note, results = outputs[0], outputs[1], _value(outputs[2])
     assert message.startswith("Done: 2 image(s)")
     assert "WinCLIP ≈" in note and "CLIP-AD SDP ≈" in note  # seconds per image, measured
     assert [item["caption"].rsplit(" ", 1)[0] for item in results] == [
@@ -132,11 +152,11 @@ def test_page_run_then_threshold_redraw_runs_no_model(served, monkeypatch) -> No
     monkeypatch.setattr(Detector, "predict", forbidden)
     redrawn = client.predict(SHARED_SCALE, 0.2, api_name="/redraw")
     assert app.detect_calls == calls_before
-    lower = np.asarray(Image.open(redrawn[0][1]["image"]))
+    lower = np.asarray(Image.open(_value(redrawn[0])[1]["image"]))
     original = np.asarray(Image.open(results[1]["image"]))
     assert lower.shape == original.shape and (lower != original).any()  # a lower threshold: a larger outline
     own = client.predict(OWN_SCALE, 0.2, api_name="/redraw")
-    assert len(own[0]) == 6 and app.detect_calls == calls_before
+    assert len(_value(own[0])) == 6 and app.detect_calls == calls_before
 
 
 def test_explain_endpoint_ranks_prompt_states(served) -> None:

@@ -496,6 +496,15 @@ def _build_detectors(args: argparse.Namespace, methods: Sequence[str]) -> dict[s
     return detectors
 
 
+def _warn_random_weights(detectors: dict[str, Any]) -> None:
+    """One line per model with random weights (the project's tiny configs): its numbers mean nothing."""
+    from .availability import is_random_weights
+
+    for model in dict.fromkeys(detector.config.model for detector in detectors.values()):
+        if is_random_weights(model):
+            _report(f"warning: {model} has random weights: its maps and scores mean nothing (see weights/README.md)")
+
+
 def _progress(total: int) -> Any:
     from tqdm.auto import tqdm
 
@@ -529,6 +538,7 @@ def run_detect(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
     detectors = _build_detectors(args, methods)  # configuration errors surface before anything is written
+    _warn_random_weights(detectors)
     out_dir.mkdir(parents=True, exist_ok=True)
     batch_size = args.batch_size
     run = DetectionRun(
@@ -623,6 +633,7 @@ def run_explain(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     picture = load_image(args.image)  # a bad file is named before any model is loaded
     detectors = _build_detectors(args, methods)
+    _warn_random_weights(detectors)
     report = []
     for method, detector in detectors.items():
         result = detector.detect(picture, with_evidence=True)
