@@ -192,3 +192,15 @@ def test_model_choice_and_command_line(monkeypatch) -> None:
     assert values[:2] == ["zsad-tiny", "zsad-tiny-14"] and values[-1] == "ViT-B-16:/no/file.pt"
     args = zsad_app.parse_args(["--model", "zsad-tiny", "--port", "7999", "--share", "--no-warmup"])
     assert (args.model, args.port, args.share, args.no_warmup) == ("zsad-tiny", 7999, True, True)
+
+
+def test_paper_backbones_are_the_default_when_their_weights_are_present(monkeypatch) -> None:
+    from zsad_core.availability import ModelStatus
+
+    monkeypatch.delenv("ZSAD_MODEL", raising=False)
+    present = set(zsad_app.PAPER_MODELS) | {"zsad-tiny"}
+    monkeypatch.setattr(zsad_app, "model_status", lambda model: ModelStatus(model, model in present, False))
+    assert zsad_app.default_model() == zsad_app.PAPER
+    choices = zsad_app.model_choices(zsad_app.PAPER)
+    assert choices[0] == ("paper backbones (each method's own)", zsad_app.PAPER)
+    assert zsad_app._model_arg(zsad_app.PAPER) is None and zsad_app._model_arg("zsad-tiny") == "zsad-tiny"
