@@ -237,9 +237,9 @@ class ZsadApp:
 
     # ------------------------------------------------------------------------------ rendering
     def render(self, run: ComparisonRun | None, scale_label: str, threshold: float) -> tuple[Any, ...]:
-        """Gallery, colour bar, masks, slider, table and chart from stored results (no model runs)."""
+        """Results gallery, colour bar, score table and chart from stored results (no model runs)."""
         if run is None:
-            return [], None, None, None, None, None
+            return [], None, None, None
         mode = SCALES.get(scale_label, "per_method")
         ranges = display_ranges([image.results for image in run.images], mode)
         gallery: list[tuple[Image.Image, str]] = []
@@ -259,24 +259,46 @@ class ZsadApp:
             bar = colorbar_strip(0.0, 1.0, DEFAULT_CMAP, label)
         else:
             bar = colorbar_strip(0.0, 1.0, DEFAULT_CMAP, "own scale: 0 = the map's lowest value, 1 = its highest")
-        first = next((image for image in run.images if image.results), None)
-        masks = slider = None
-        if first is not None:
-            first_ranges = ranges[run.images.index(first)]
-            annotations = []
-            for method, result in first.results.items():
-                low, high = first_ranges[method]
-                mask = threshold_mask(result, relative_threshold(low, high, threshold))
-                annotations.append((mask.astype("float32"), self.names[method]))
-            masks = (first.picture, annotations)
-            method, result = next(iter(first.results.items()))
-            low, high = first_ranges[method]
-            slider = (first.picture, overlay(first.picture, result, low, high))
         table = self.score_table(run)
         chart = table[table["status"] == "ok"][["image", "method", "score"]].copy()
         chart["bar"] = chart["image"] + " · " + chart["method"]  # one bar per image and method, never stacked
         row = gr.update(value=gallery, columns=min(5, 1 + len(run.succeeded_methods)))  # one image per row
-        return row, bar, masks, slider, table, chart
+        return row, bar, table, chart
+
+    def inspect(
+        self,
+        run: ComparisonRun | None,
+        image_name: str | None,
+        method_name: str | None,
+        scale_label: str,
+        threshold: float,
+    ) -> tuple[Any, Any]:
+        """For one image (no model runs): input-vs-overlay slider of one method, and every method's
+        mask of the pixels above the threshold."""
+        if run is None:
+            return None, None
+        mode = SCALES.get(scale_label, "per_method")
+        ranges = display_ranges([image.results for image in run.images], mode)
+        chosen = next(
+            ((image, r) for image, r in zip(run.images, ranges) if image.name == image_name and image.results),
+            next(((image, r) for image, r in zip(run.images, ranges) if image.results), (None, None)),
+        )
+        image, image_ranges = chosen
+        if image is None:
+            return None, None
+        annotations = []
+        for method, result in image.results.items():
+            low, high = image_ranges[method]
+            mask = threshold_mask(result, relative_threshold(low, high, threshold))
+            annotations.append((mask.astype("float32"), self.names[method]))
+        method = self.method_id(method_name)
+        method = method if method in image.results else next(iter(image.results))
+        low, high = image_ranges[method]
+        return (image.picture, overlay(image.picture, image.results[method], low, high)), (image.picture, annotations)
+
+    def method_id(self, name: str | None) -> str | None:
+        """Method id from its display name (ids pass through)."""
+        return next((m for m, shown in self.names.items() if shown == name), name)
 
     def score_table(self, run: ComparisonRun) -> pd.DataFrame:
         """Scores for the page: method names, values to 4 significant digits (the download keeps all)."""
@@ -287,29 +309,16 @@ class ZsadApp:
             frame[column] = [None if pd.isna(v) else float(f"{v:.4g}") for v in frame[column]]
         return frame
 
-    def slider_for(self, run: ComparisonRun | None, image_name: str, method_name: str, scale_label: str) -> Any:
-        """Input vs overlay for one image and method (no model runs)."""
-        if run is None:
-            return None
-        mode = SCALES.get(scale_label, "per_method")
-        ranges = display_ranges([image.results for image in run.images], mode)
-        method = next((m for m, name in self.names.items() if name == method_name), method_name)
-        for image, image_ranges in zip(run.images, ranges):
-            if image.name == image_name and method in image.results:
-                low, high = image_ranges[method]
-                return image.picture, overlay(image.picture, image.results[method], low, high)
-        return None
-
     def explanation(self, run: ComparisonRun | None, image_name: str, method_name: str) -> tuple[Any, Any, str]:
         """Prompt-word table and chart for one image and method, from the stored evidence."""
         if run is None:
             return None, None, "Run a detection first."
-        method = next((m for m, name in self.names.items() if name == method_name), method_name)
+        method = self.method_id(method_name)
         image = next((i for i in run.images if i.name == image_name), None)
         if image is None or method not in image.results:
             return None, None, f"No result of {method_name} on {image_name}."
         explanation = explain_prompts(image.results[method])
-        frame = pd.DataFrame(explanation.rows())
+        frame = pd.DataFrame(explanation.rows()).round(4)
         frame["state"] = [state.replace("{}", run.category) for state in frame["state"]]
         chart = frame.dropna(subset=["effect"])[["state", "effect", "kind"]]
         note = (
@@ -498,15 +507,14 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                             x_label_angle=-30,
                             elem_id="chart",
                         )
-                    with gr.Tab("Masks"):
-                        masks = gr.AnnotatedImage(
-                            label="Pixels above the threshold (first image)", format="png", elem_id="masks"
-                        )
-                    with gr.Tab("Compare"):
+                    with gr.Tab("One image"):
                         with gr.Row():
                             slider_image = gr.Dropdown(label="Image", elem_id="slider-image")
                             slider_method = gr.Dropdown(label="Method", elem_id="slider-method")
-                        slider = gr.ImageSlider(label="Input | overlay", format="png", elem_id="slider")
+                        slider = gr.ImageSlider(label="Input | overlay", format="png", max_height=420, elem_id="slider")
+                        masks = gr.AnnotatedImage(
+                            label="Pixels above the threshold, per method", format="png", height=420, elem_id="masks"
+                        )
                     with gr.Tab("Prompt words"):
                         with gr.Row():
                             explain_image = gr.Dropdown(label="Image", elem_id="explain-image")
@@ -518,6 +526,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                             y="effect",
                             color="kind",
                             sort="-y",
+                            x_label_angle=-35,
                             label="Effect on the score",
                             elem_id="explain-chart",
                         )
@@ -578,6 +587,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}},
             )
             rendered = app.render(result, scale_label, level)
+            inspected = app.inspect(result, None, None, scale_label, level)
             first_name = names[0] if names else None
             first_method_name = method_names[0] if method_names else None
             table, chart_frame, explain_text = (
@@ -588,6 +598,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 text,
                 app.model_note(chosen_model),
                 *rendered,
+                *inspected,
                 gr.update(choices=names, value=first_name),
                 gr.update(choices=method_names, value=first_method_name),
                 gr.update(choices=names, value=first_name),
@@ -598,15 +609,20 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 gr.update(value=str(archive), visible=True),
             ]
 
-        def redraw(state: ComparisonRun | None, scale_label: str, level: float) -> list[Any]:
-            return list(app.render(state, scale_label, level))
+        def redraw(
+            state: ComparisonRun | None, scale_label: str, level: float, image_name: str, method_name: str
+        ) -> list[Any]:
+            return [
+                *app.render(state, scale_label, level),
+                *app.inspect(state, image_name, method_name, scale_label, level),
+            ]
 
         def reset_prompts(method: str) -> list[Any]:
             return [*_prompt_texts(method), False]
 
         model_outputs = [note, methods, unavailable, *checkpoint_menus.values()]
         model.change(on_model, inputs=model, outputs=model_outputs, api_visibility="private")
-        render_outputs = [gallery_out, colorbar, masks, slider, scores, chart]
+        render_outputs = [gallery_out, colorbar, scores, chart, slider, masks]
         run_button.click(
             run,
             inputs=[
@@ -644,7 +660,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         for control in (threshold, scale):
             control.change(
                 redraw,
-                inputs=[run_state, scale, threshold],
+                inputs=[run_state, scale, threshold, slider_image, slider_method],
                 outputs=render_outputs,
                 api_name="redraw",
                 api_visibility="undocumented",
@@ -655,9 +671,9 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             )
         for control in (slider_image, slider_method):
             control.change(
-                app.slider_for,
-                inputs=[run_state, slider_image, slider_method, scale],
-                outputs=slider,
+                app.inspect,
+                inputs=[run_state, slider_image, slider_method, scale, threshold],
+                outputs=[slider, masks],
                 api_visibility="private",
             )
         for control in (explain_image, explain_method):

@@ -150,12 +150,17 @@ def test_page_run_then_threshold_redraw_runs_no_model(served, monkeypatch) -> No
 
     monkeypatch.setattr(Detector, "detect", forbidden)
     monkeypatch.setattr(Detector, "predict", forbidden)
-    redrawn = client.predict(SHARED_SCALE, 0.2, api_name="/redraw")
+    redrawn = client.predict(SHARED_SCALE, 0.2, "second.png", "CLIP-AD SDP", api_name="/redraw")
     assert app.detect_calls == calls_before
     lower = np.asarray(Image.open(_value(redrawn[0])[1]["image"]))
     original = np.asarray(Image.open(results[1]["image"]))
     assert lower.shape == original.shape and (lower != original).any()  # a lower threshold: a larger outline
-    own = client.predict(OWN_SCALE, 0.2, api_name="/redraw")
+    before, after = (Image.open(path) for path in redrawn[4])  # the slider shows the chosen image
+    assert before.size == after.size == (50, 75)
+    masks = redrawn[5]
+    assert [annotation["label"] for annotation in masks["annotations"]] == ["WinCLIP", "CLIP-AD SDP"]
+    assert Image.open(masks["annotations"][0]["image"]).size == (50, 75)
+    own = client.predict(OWN_SCALE, 0.2, "first.png", "WinCLIP", api_name="/redraw")
     assert len(_value(own[0])) == 6 and app.detect_calls == calls_before
 
 
