@@ -26,7 +26,14 @@ from PIL import Image
 
 from zsad_core import __version__, get_method, list_methods
 from zsad_core.archive import score_rows, write_archive
-from zsad_core.availability import PAPER_MODELS, available_models, is_random_weights, method_status, model_status
+from zsad_core.availability import (
+    PAPER_MODELS,
+    available_models,
+    hub_reachable,
+    is_random_weights,
+    method_status,
+    model_status,
+)
 from zsad_core.compare import ComparisonRun, DetectorPool, run_comparison
 from zsad_core.explain import explain_prompts
 from zsad_core.prompts import PromptError, PromptSet
@@ -85,24 +92,29 @@ class AppSettings:
     max_side: int = MAX_SIDE
 
 
-def default_model(requested: str | None = None) -> str:
+def default_model(requested: str | None = None, downloadable: bool | None = None) -> str:
     """The best model present: ``requested`` (``--model`` or ``ZSAD_MODEL``), then the papers'
-    backbones when all are on disk, then the best other one available (the project's own last)."""
+    backbones when all are on disk or can be downloaded, then the best other one available (the
+    project's own last). ``downloadable`` None: ask the Hub whether it answers (instant when offline)."""
     requested = requested or os.environ.get("ZSAD_MODEL")
     if requested:
         return requested
-    if all(model_status(model).available for model in PAPER_MODELS):
+    downloadable = hub_reachable() if downloadable is None else downloadable
+    if all(model_status(model, downloadable=downloadable).available for model in PAPER_MODELS):
         return PAPER
-    return available_models()[0].model
+    return available_models(downloadable=downloadable)[0].model
 
 
-def model_choices(current: str) -> list[tuple[str, str]]:
+def model_choices(current: str, downloadable: bool = False) -> list[tuple[str, str]]:
     """(label, value) pairs for the model menu."""
     choices = []
-    if all(model_status(model).available for model in PAPER_MODELS):
-        choices.append(("paper backbones (each method's own)", PAPER))
-    for status in available_models(extra=(current,) if current != PAPER else ()):
+    papers = [model_status(model, downloadable=downloadable) for model in PAPER_MODELS]
+    if all(status.available for status in papers):
+        fetched = "; downloaded on first use" if any(status.download for status in papers) else ""
+        choices.append((f"paper backbones (each method's own{fetched})", PAPER))
+    for status in available_models(extra=(current,) if current != PAPER else (), downloadable=downloadable):
         label = status.model + ("  (random weights: maps mean nothing)" if status.random_weights else "")
+        label += "  (downloaded on first use)" if status.download else ""
         choices.append((label, status.model))
     if current not in [value for _, value in choices]:
         choices.append((f"{current}  (not available here)", current))
@@ -123,6 +135,7 @@ class ZsadApp:
         self.method_ids = [info.id for info in list_methods()]
         self.names = {info.id: info.name for info in list_methods()}
         self.detect_calls = 0  # model runs served (the threshold redraw must never add one)
+        self.downloadable = hub_reachable()  # asked once: offline, nothing waits for a download
         self.archive_dir = Path(tempfile.mkdtemp(prefix="zsad-archives-"))
 
     # --------------------------------------------------------------------------------- text
@@ -153,7 +166,7 @@ class ZsadApp:
     def method_menus(self, model: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
         """Component settings for the runnable-methods group, the unavailable group and each
         checkpoint menu, for ``model`` (used to build them, and as updates when the model changes)."""
-        statuses = [method_status(m, _model_arg(model)) for m in self.method_ids]
+        statuses = [method_status(m, _model_arg(model), downloadable=self.downloadable) for m in self.method_ids]
         runnable = [(f"{s.name}", s.method) for s in statuses if s.available]
         blocked = [(f"{s.name}: {s.reason}", s.method) for s in statuses if not s.available]
         chosen = [value for _, value in runnable if get_method(value).info.training_free] or [
@@ -201,7 +214,9 @@ class ZsadApp:
     def warm_up(self, model: str) -> None:
         """Load every available method on ``model`` and time one image, so the page can say seconds per image."""
         picture = Image.new("RGB", (256, 256), (128, 128, 128))
-        methods = [m for m in self.method_ids if method_status(m, _model_arg(model)).available]
+        methods = [
+            m for m in self.method_ids if method_status(m, _model_arg(model), downloadable=self.downloadable).available
+        ]
         if methods:
             run_comparison(self.pool, [("warm-up", picture)], methods, "object", model=_model_arg(model))
 
@@ -357,6 +372,7 @@ def _compute_on_device(
         abnormal_states=abnormal,
         templates=templates,
         max_side=app.settings.max_side,
+        downloadable=app.downloadable,
         progress=report,
     )
 
@@ -437,7 +453,10 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 )
                 with gr.Accordion("Model and checkpoints", open=False):
                     model = gr.Dropdown(
-                        choices=model_choices(settings.model), value=settings.model, label="Backbone", elem_id="model"
+                        choices=model_choices(settings.model, app.downloadable),
+                        value=settings.model,
+                        label="Backbone",
+                        elem_id="model",
                     )
                     checkpoint_menus = {
                         method: gr.Dropdown(
@@ -722,7 +741,9 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             """
             chosen_model = model_name or settings.model
             chosen = [m.strip() for m in (method_list or "").split(",") if m.strip()] or [
-                m for m in app.method_ids if method_status(m, _model_arg(chosen_model)).available
+                m
+                for m in app.method_ids
+                if method_status(m, _model_arg(chosen_model), downloadable=app.downloadable).available
             ]
             unknown = [m for m in chosen if m not in app.method_ids]
             if unknown:

@@ -204,8 +204,20 @@ def test_paper_backbones_are_the_default_when_their_weights_are_present(monkeypa
 
     monkeypatch.delenv("ZSAD_MODEL", raising=False)
     present = set(zsad_app.PAPER_MODELS) | {"zsad-tiny"}
-    monkeypatch.setattr(zsad_app, "model_status", lambda model: ModelStatus(model, model in present, False))
+    monkeypatch.setattr(
+        zsad_app, "model_status", lambda model, downloadable=False: ModelStatus(model, model in present, False)
+    )
     assert zsad_app.default_model() == zsad_app.PAPER
     choices = zsad_app.model_choices(zsad_app.PAPER)
     assert choices[0] == ("paper backbones (each method's own)", zsad_app.PAPER)
     assert zsad_app._model_arg(zsad_app.PAPER) is None and zsad_app._model_arg("zsad-tiny") == "zsad-tiny"
+
+
+def test_paper_backbones_are_the_default_when_they_can_be_downloaded(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("ZSAD_MODEL", raising=False)
+    monkeypatch.setenv("ZSAD_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert zsad_app.default_model(downloadable=True) == zsad_app.PAPER
+    assert zsad_app.default_model(downloadable=False) == "zsad-tiny"
+    label, value = zsad_app.model_choices(zsad_app.PAPER, downloadable=True)[0]
+    assert value == zsad_app.PAPER and "downloaded on first use" in label

@@ -258,3 +258,21 @@ def test_safe_stems_and_score_rows() -> None:
             "error": run.images[0].error,
         }
     ]
+
+
+def test_missing_weights_count_as_available_only_when_downloads_are_possible(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ZSAD_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    paper = model_status("ViT-L-14-336:openai", downloadable=True)
+    assert paper.available and paper.download and not paper.random_weights
+    assert not model_status("ViT-L-14-336:openai").available
+    assert [s.model for s in available_models(downloadable=True)][:2] == [
+        "ViT-L-14-336:openai",
+        "ViT-B-16-plus-240:laion400m_e31",
+    ]
+    adaclip = method_status("adaclip", downloadable=True)  # the released heads are on the Hub
+    assert adaclip.available and adaclip.checkpoints[0].source == "adaclip-mvtec-colondb"
+    assert "downloaded on first use" in adaclip.checkpoints[0].label
+    assert not method_status("adaclip").available
+    sdp_plus = method_status("sdp_plus", downloadable=True)  # its released layers are not on the Hub
+    assert not sdp_plus.available and "no trained checkpoint" in sdp_plus.reason

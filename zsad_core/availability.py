@@ -6,8 +6,9 @@ Nothing here downloads or loads a model: every answer comes from the local weigh
 or a CLI can ask it whenever it draws its choices.
 
 - A backbone is available when it needs no weights (the project's own configs) or its weights are
-  on this disk; a pretrained tag whose weights are missing is not (the app never waits for a
-  download the host may not be able to make).
+  on this disk; a pretrained tag whose weights are missing is available only when the caller says
+  downloads are possible (``downloadable=True``, after :func:`hub_reachable`): it is then fetched
+  on first use. Offline, nothing ever waits for a download that cannot happen.
 - A training-free method is available wherever its backbone is.
 - A learnable method also needs a checkpoint trained for that backbone and input size: a released
   one (:mod:`zsad_core.weights`) already on disk, or a ``.safetensors`` written by ``zsad train``
@@ -45,12 +46,14 @@ class ModelStatus:
         available: it can be built without a download.
         random_weights: it has no trained weights, so its maps mean nothing.
         reason: why it is not available (empty when it is).
+        download: its weights are not on this disk and will be downloaded on first use.
     """
 
     model: str
     available: bool
     random_weights: bool
     reason: str = ""
+    download: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,15 @@ def is_random_weights(model: str) -> bool:
     return not parsed.is_schema and parsed.pretrained is None
 
 
-def model_status(model: str) -> ModelStatus:
-    """Whether ``model`` can be built here without downloading anything."""
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers (False at once when ``HF_HUB_OFFLINE`` is set)."""
+    from .backbone import _hub_reachable
+
+    return _hub_reachable()
+
+
+def model_status(model: str, *, downloadable: bool = False) -> ModelStatus:
+    """Whether ``model`` can be built here; without ``downloadable``, without downloading anything."""
     try:
         parsed = parse_model_name(model)
     except ValueError as error:
@@ -127,6 +137,8 @@ def model_status(model: str) -> ModelStatus:
         return ModelStatus(model, False, False, f"weights file {path} does not exist")
     if local_pretrained_file(parsed.name, parsed.pretrained) is not None:
         return ModelStatus(model, True, False)
+    if downloadable and open_clip.get_pretrained_cfg(parsed.name, parsed.pretrained).get("hf_hub"):
+        return ModelStatus(model, True, False, download=True)
     return ModelStatus(
         model,
         False,
@@ -135,27 +147,31 @@ def model_status(model: str) -> ModelStatus:
     )
 
 
-def available_models(extra: tuple[str, ...] = ()) -> list[ModelStatus]:
-    """Backbones usable here: the papers' (when on disk), ``extra`` ones, then the project's own configs.
+def available_models(extra: tuple[str, ...] = (), *, downloadable: bool = False) -> list[ModelStatus]:
+    """Backbones usable here: the papers' (on disk, or ``downloadable``), ``extra`` ones, then the
+    project's own configs.
 
-    Best first: pretrained weights before random ones.
+    Best first: pretrained weights on disk, then ones to download, then random ones.
     """
     candidates = list(dict.fromkeys([*PAPER_MODELS, *extra, *list_tiny_models()]))
-    statuses = [model_status(model) for model in candidates]
+    statuses = [model_status(model, downloadable=downloadable) for model in candidates]
     usable = [status for status in statuses if status.available]
-    return sorted(usable, key=lambda status: status.random_weights)
+    return sorted(usable, key=lambda status: (status.random_weights, status.download))
 
 
-def _released_checkpoints(method: str, model: str, image_size: int) -> list[CheckpointChoice]:
+def _released_checkpoints(method: str, model: str, image_size: int, downloadable: bool) -> list[CheckpointChoice]:
     from .weights import find_local_released_weights, list_released_weights
 
-    choices = []
+    local, remote = [], []
     for entry in list_released_weights(method):
         if entry.model != model or entry.image_size != image_size:
             continue
+        label = f"{entry.name} (released, trained on {entry.trained_on})"
         if find_local_released_weights(entry.name) is not None:
-            choices.append(CheckpointChoice(entry.name, f"{entry.name} (released, trained on {entry.trained_on})"))
-    return choices
+            local.append(CheckpointChoice(entry.name, label))
+        elif downloadable and entry.hub_repo:
+            remote.append(CheckpointChoice(entry.name, f"{label}, downloaded on first use"))
+    return local + remote
 
 
 def _candidate_files() -> list[Path]:
@@ -187,22 +203,27 @@ def _trained_checkpoints(method: str, model: str, image_size: int) -> list[Check
     return choices
 
 
-def find_checkpoints(method: str, model: str, image_size: int) -> list[CheckpointChoice]:
-    """Checkpoints on this disk that ``method`` can load on ``model`` at ``image_size``, best first."""
-    return _released_checkpoints(method, model, image_size) + _trained_checkpoints(method, model, image_size)
+def find_checkpoints(method: str, model: str, image_size: int, *, downloadable: bool = False) -> list[CheckpointChoice]:
+    """Checkpoints ``method`` can load on ``model`` at ``image_size``, best first: on this disk, or
+    (``downloadable``) released ones to download on first use."""
+    released = _released_checkpoints(method, model, image_size, downloadable)
+    return released + _trained_checkpoints(method, model, image_size)
 
 
-def method_status(method: str, model: str | None = None, image_size: int | None = None) -> MethodStatus:
-    """Whether ``method`` can run here on ``model`` (None: the method's paper backbone) at ``image_size``."""
+def method_status(
+    method: str, model: str | None = None, image_size: int | None = None, *, downloadable: bool = False
+) -> MethodStatus:
+    """Whether ``method`` can run here on ``model`` (None: the method's paper backbone) at ``image_size``;
+    ``downloadable``: weights missing from this disk may be downloaded (see :func:`model_status`)."""
     cls = get_method(method)
     model = model or cls.info.default_model
     image_size = int(image_size or cls.info.image_size)
-    backbone = model_status(model)
+    backbone = model_status(model, downloadable=downloadable)
     if not backbone.available:
         return MethodStatus(method, cls.info.name, model, image_size, False, backbone.reason)
     if cls.info.training_free:
         return MethodStatus(method, cls.info.name, model, image_size, True)
-    checkpoints = tuple(find_checkpoints(method, model, image_size))
+    checkpoints = tuple(find_checkpoints(method, model, image_size, downloadable=downloadable))
     if not checkpoints:
         reason = f"no trained checkpoint for {model} at {image_size} px on this disk"
         remedy = (
@@ -213,6 +234,8 @@ def method_status(method: str, model: str | None = None, image_size: int | None 
     return MethodStatus(method, cls.info.name, model, image_size, True, checkpoints=checkpoints)
 
 
-def method_statuses(model: str | None = None, image_size: int | None = None) -> list[MethodStatus]:
+def method_statuses(
+    model: str | None = None, image_size: int | None = None, *, downloadable: bool = False
+) -> list[MethodStatus]:
     """:func:`method_status` for every registered method, in registration order."""
-    return [method_status(info.id, model, image_size) for info in list_methods()]
+    return [method_status(info.id, model, image_size, downloadable=downloadable) for info in list_methods()]

@@ -254,6 +254,7 @@ def run_comparison(
     abnormal_states: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
     max_side: int | None = None,
+    downloadable: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ComparisonRun:
     """Run every method on every image; failures become messages, never exceptions.
@@ -268,6 +269,8 @@ def run_comparison(
             one found on this disk, see :func:`zsad_core.availability.find_checkpoints`).
         normal_states, abnormal_states, templates: replace that part of every method's prompts.
         max_side: see :func:`decode_images`.
+        downloadable: weights and released checkpoints missing from this disk may be downloaded
+            (see :func:`zsad_core.availability.method_status`).
         progress: called with (fraction done, what is being done).
     Returns:
         A :class:`ComparisonRun` with results kept by :meth:`Detector.detect` ``with_evidence``.
@@ -293,7 +296,7 @@ def run_comparison(
         try:
             checkpoint = checkpoints.get(method)
             if not info.training_free and not checkpoint:
-                status = method_status(method, method_model)
+                status = method_status(method, method_model, downloadable=downloadable)
                 if not status.available:
                     raise MethodUnavailableError(status.explanation)
                 checkpoint = status.checkpoints[0].source

@@ -246,11 +246,11 @@ def knitted(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Laye
     v = v + F(ph * 0.12) * (noise(rng, c, 5) - F(0.5))
     col, fu = np.divmod(u / F(pw), F(1))
     row, fv = np.divmod(v / F(ph), F(1))
-    left = np.abs(fu - F(0.5) * fv - F(0.02)) * F(pw)  # distance to the left leg of the V
-    right = np.abs(fu - (F(1) - F(0.5) * fv) + F(0.02)) * F(pw)
-    width = F(pw * 0.2)
+    left = np.abs(fu - F(0.1) - F(0.36) * fv) * F(pw)  # distance to the left leg of the V
+    right = np.abs(fu - F(0.9) + F(0.36) * fv) * F(pw)
+    width = F(pw * 0.15)
     prof = np.maximum(np.exp(-((left / width) ** 2)), np.exp(-((right / width) ** 2)))
-    prof = prof * (F(0.75) + F(0.25) * np.sin(F(np.pi) * fv))
+    prof = prof * (F(0.45) + F(0.55) * np.sin(F(np.pi) * fv) ** F(0.5))
     fibres = noise(rng, c, c.s / max(pw * 0.35, 1.0))
     height = F(pw * 0.25) * prof
     diffuse, _ = shade(c, height)
@@ -276,9 +276,9 @@ def wood(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
     dark = light * F(rng.uniform(0.45, 0.7))
     rgb = mix(np.broadcast_to(light, (c.h, c.w, 3)), dark, late)
     streaks = lookup(rng.random(400).astype(F), v * F(256 / c.s) * F(1.5)) * F(0.5) + F(0.5) * noise(rng, c, 6)
-    pores = (rng.random((c.h, c.w)) > 0.985).astype(F)
+    pores = (rng.random((c.h, c.w)) > 0.993).astype(F)
     pores = blur(pores, 0.5)
-    rgb = rgb * (F(0.9) + F(0.16) * streaks)[..., None] * (F(1) - F(0.5) * np.clip(pores * 3, 0, 1))[..., None]
+    rgb = rgb * (F(0.9) + F(0.16) * streaks)[..., None] * (F(1) - F(0.3) * np.clip(pores * 3, 0, 1))[..., None]
     sheen = np.exp(-(((c.x - F(rng.uniform(-0.3, 0.3) * c.s)) / F(0.5 * c.s)) ** 2 + (c.y / F(0.35 * c.s)) ** 2))
     return _texture(c, rgb + F(0.06) * sheen[..., None], rng)
 
@@ -295,7 +295,7 @@ def dotted(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layer
     dv = np.mod(v, F(pitch)) - F(pitch / 2)
     dot = cover(np.hypot(du, dv) - F(radius))
     cloth, ink = random_colour(rng, FABRIC_COLOURS), random_colour(rng, FABRIC_COLOURS)
-    if float(np.abs(cloth - ink).sum()) < 0.4:
+    if float(np.abs(cloth - ink).sum()) < 0.6:
         ink = np.clip(F(1) - cloth, 0.05, 0.95)
     weave = F(0.92) + F(0.08) * np.sin(u * F(2.2)) * np.sin(v * F(2.2))
     rgb = mix(np.broadcast_to(cloth, (c.h, c.w, 3)), ink, dot * F(rng.uniform(0.85, 1.0)))
@@ -469,7 +469,7 @@ def screw(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
     tip = length * rng.uniform(0.12, 0.2)
     if defect == "bent":
         start = length * drng.uniform(0.4, 0.65)
-        amount = drng.choice([-1, 1]) * drng.uniform(0.6, 1.2) * rs / (length - start) ** 2 * length / 3
+        amount = drng.choice([-1, 1]) * drng.uniform(1.5, 3.0) * rs / (length - start) ** 2
         v = v - F(amount) * np.maximum(u - F(start), 0) ** 2
     end = length
     if defect == "missing_part":
@@ -527,6 +527,8 @@ def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
     body_alpha = np.zeros((c.h, c.w), F)
     bodies = np.zeros((c.h, c.w, 3), F)
     cell = c.s / 4
+    silk_cov = np.zeros((c.h, c.w), F)
+    pad_cov = np.zeros((c.h, c.w), F)
     for k, (idx, kind) in enumerate(zip(order, kinds)):
         i, j = cells[idx]
         px, py = (i + 0.5) * cell + jitter[k, 0], (j + 0.5) * cell + jitter[k, 1]
@@ -540,11 +542,9 @@ def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
             hx, hy = cell * 0.2, cell * 0.1
             pads = [(s * hx * 0.85, 0.0, hx * 0.3, hy * 1.15) for s in (-1, 1)]
         outline = box_sd(pu, pv, hx * 1.25 + 2, hy * 1.6 + 2)
-        rgb = mix(rgb, silk, cover(np.abs(outline) - F(max(0.5, c.s * 0.002))))
+        silk_cov = np.maximum(silk_cov, cover(np.abs(outline) - F(max(0.5, c.s * 0.002))))
         for ox, oy, ax, ay in pads:
-            pad = cover(box_sd(pu - F(ox), pv - F(oy), ax, ay, 0.5))
-            rgb = mix(rgb, tin, pad)
-            lifted = np.maximum(lifted, F(c.s * 0.004) * pad)
+            pad_cov = np.maximum(pad_cov, cover(box_sd(pu - F(ox), pv - F(oy), ax, ay, 0.5)))
         if k == missing:
             continue
         inside = -box_sd(pu, pv, hx, hy, 1.0)
@@ -555,6 +555,8 @@ def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
         bodies = mix(bodies, colour, cov)
         body_alpha = np.maximum(body_alpha, cov)
         lifted = np.maximum(lifted, F(c.s * 0.015) * smoothstep(0, c.s * 0.008, inside) * cov)
+    rgb = mix(mix(rgb, silk, silk_cov), tin, pad_cov)
+    lifted = np.maximum(lifted, F(c.s * 0.004) * pad_cov)
     shift = (-c.light[:2] / max(float(c.light[2]), 0.3) * c.s * 0.012).round().astype(int)
     shadow = np.roll(blur(lifted / F(c.s * 0.015), c.s * 0.008), (shift[1], shift[0]), axis=(0, 1))
     rgb = rgb * (F(1) - F(0.5) * np.clip(shadow - body_alpha, 0, 1))[..., None]
@@ -620,7 +622,7 @@ def pill(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
     if defect == "missing_part":
         at = drng.uniform(-np.pi, np.pi)
         ex, ey = np.cos(at) * length, np.sin(at) * hw
-        chip = np.hypot(u - F(ex), v - F(ey)) - F(hw * drng.uniform(0.45, 0.7)) * (F(1) + F(0.15) * (noise(drng, c, 25) - F(0.5)))
+        chip = np.hypot(u - F(ex), v - F(ey)) - F(hw * drng.uniform(0.3, 0.5)) * (F(1) + F(0.15) * (noise(drng, c, 25) - F(0.5)))
         sd = np.maximum(sd, -chip)
     alpha = cover(sd)
     inside = np.clip(-sd / F(hw), 0, 1)
@@ -645,7 +647,7 @@ def nut(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
     radial = np.hypot(u, v)
     hole_r = r * rng.uniform(0.45, 0.6)
     outer = hex_sd(u, v, r)
-    chamfer = radial - F(r * rng.uniform(1.02, 1.1))
+    chamfer = radial - F(r * rng.uniform(1.1, 1.14))
     sd = np.maximum(np.maximum(outer, chamfer), F(hole_r) - radial)
     if defect == "missing_part":
         k = drng.integers(6)
