@@ -1,11 +1,13 @@
-"""Command line: ``python -m zsad_core`` (or ``zsad``) ``list | detect | eval | train``.
+"""Command line: ``python -m zsad_core`` (or ``zsad``) ``list | detect | explain | eval | train | synth``.
 
 - ``list``: the registered methods (``--json`` for machine output), or with ``--models`` the
   project's tiny model configs and how to name open_clip models.
 - ``detect IMAGE... --category NAME --out DIR``: anomaly maps for images, files or folders or glob
   patterns, with one or more methods. Writes ``DIR/<stem>__<method>.png`` (overlay),
   ``DIR/<stem>__<method>.npy`` (raw float32 map at the image's own size) and ``DIR/results.json``.
-- ``eval`` and ``train``: provided by :mod:`zsad_core.evaluate` and :mod:`zsad_core.training`;
+- ``synth --split train|heldout --out DIR``: the generated dataset (:mod:`zsad_core.data.synthetic`).
+- ``eval``, ``train`` and ``synth``: provided by :mod:`zsad_core.evaluate`, :mod:`zsad_core.training`
+  and :mod:`zsad_core.data.synthetic`;
   loaded only when asked for, so a missing or broken one never affects the other commands.
 
 Exit status: 0 when everything worked, 1 when some images could not be processed (each is named on
@@ -86,6 +88,13 @@ PLUGIN_COMMANDS: tuple[PluginCommand, ...] = (
         "add_train_arguments",
         "run_train",
         "train a learnable method (e.g. AdaCLIP) on auxiliary data",
+    ),
+    PluginCommand(
+        "synth",
+        "zsad_core.data.synthetic",
+        "add_synth_arguments",
+        "run_synth",
+        "generate the project's synthetic anomaly dataset (MVTec AD layout, exact masks)",
     ),
 )
 

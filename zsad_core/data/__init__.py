@@ -32,7 +32,13 @@ from .registry import (
     parse_spec,
     register_dataset_format,
 )
-from .synthetic import SYNTHETIC_FORMATS, make_synthetic_dataset
+from .synthetic import (
+    SYNTHETIC_FORMATS,
+    list_categories,
+    make_synthetic_dataset,
+    render_sample,
+    write_synthetic_dataset,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -44,6 +50,7 @@ __all__ = [
     "Sample",
     "build_dataset",
     "describe_dataset_format",
+    "list_categories",
     "list_dataset_formats",
     "list_images",
     "load_mask",
@@ -52,5 +59,7 @@ __all__ = [
     "pair_masks",
     "parse_spec",
     "register_dataset_format",
+    "render_sample",
     "write_meta_json",
+    "write_synthetic_dataset",
 ]

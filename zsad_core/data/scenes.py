@@ -97,8 +97,8 @@ def blur(field: np.ndarray, sigma: float) -> np.ndarray:
 def lookup(table: np.ndarray, coord: np.ndarray) -> np.ndarray:
     """1-D noise: ``table`` (random values at integer coordinates) interpolated at ``coord`` (wraps)."""
     n = len(table)
-    return np.interp(np.mod(coord, n).ravel(), np.arange(n + 1), np.append(table, table[0])).astype(F).reshape(
-        coord.shape
+    return (
+        np.interp(np.mod(coord, n).ravel(), np.arange(n + 1), np.append(table, table[0])).astype(F).reshape(coord.shape)
     )
 
 
@@ -231,8 +231,16 @@ def woven(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
         weft_c = np.clip(warp_c * F(rng.uniform(0.7, 1.3)), 0, 1)
     tint_a, tint_b = rng.uniform(0.9, 1.1, 64).astype(F), rng.uniform(0.92, 1.08, 64).astype(F)
     fib_a, fib_b = rng.random(512).astype(F), rng.random(512).astype(F)
-    warp_val = lookup(tint_a, col) * (F(0.85) + F(0.3) * lookup(fib_a, v * F(0.7) + col * 37)) * (F(0.35) + F(0.75) * warp_prof)
-    weft_val = lookup(tint_b, row) * (F(0.85) + F(0.3) * lookup(fib_b, u * F(0.7) + row * 37)) * (F(0.35) + F(0.75) * weft_prof)
+    warp_val = (
+        lookup(tint_a, col)
+        * (F(0.85) + F(0.3) * lookup(fib_a, v * F(0.7) + col * 37))
+        * (F(0.35) + F(0.75) * warp_prof)
+    )
+    weft_val = (
+        lookup(tint_b, row)
+        * (F(0.85) + F(0.3) * lookup(fib_b, u * F(0.7) + row * 37))
+        * (F(0.35) + F(0.75) * weft_prof)
+    )
     rgb = np.where(warp_top[..., None], warp_c * warp_val[..., None], weft_c * weft_val[..., None])
     rgb = rgb * (F(0.88) + F(0.24) * fbm(rng, c, 2, 3))[..., None]
     return _texture(c, rgb, rng)
@@ -419,7 +427,9 @@ def plate(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
     """A brushed rectangular plate fixed by 4 screws near its corners; one screw may be missing."""
     hx = c.s * rng.uniform(0.3, 0.42)
     hy = hx * rng.uniform(0.55, 1.0)
-    u, v = c.frame(rng.uniform(-0.35, 0.35) + (np.pi / 2 if rng.random() < 0.3 else 0), *(rng.uniform(-0.04, 0.04, 2) * c.s))
+    u, v = c.frame(
+        rng.uniform(-0.35, 0.35) + (np.pi / 2 if rng.random() < 0.3 else 0), *(rng.uniform(-0.04, 0.04, 2) * c.s)
+    )
     sd = box_sd(u, v, hx, hy, c.s * rng.uniform(0.01, 0.05))
     alpha = cover(sd)
     brush_angle = rng.uniform(0, np.pi)
@@ -497,7 +507,8 @@ BOARD_COLOURS = [(0.07, 0.33, 0.15), (0.05, 0.15, 0.4), (0.08, 0.08, 0.09), (0.4
 
 def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
     """A circuit board filling the view: traces, vias and 4-9 parts on pads; one part may be missing."""
-    u, v = c.frame(rng.integers(4) * np.pi / 2 + rng.uniform(-0.05, 0.05))
+    turn = rng.integers(4) * np.pi / 2 + rng.uniform(-0.05, 0.05)
+    u, v = c.frame(turn)
     mask_c = random_colour(rng, BOARD_COLOURS, 0.03)
     rgb = mask_c * (F(0.9) + F(0.12) * fbm(rng, c, 3, 3))[..., None] * np.ones((1, 1, 3), F)
     copper = np.zeros((c.h, c.w), F)
@@ -509,7 +520,8 @@ def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
         x1, y1 = (x0 + n, y0) if horizontal else (x0, y0 + n)
         tw = c.s * 0.012 + 0.5
         copper = np.maximum(
-            copper, cover(box_sd(u - F((x0 + x1) / 2), v - F((y0 + y1) / 2), abs(x1 - x0) / 2 + tw, abs(y1 - y0) / 2 + tw, tw))
+            copper,
+            cover(box_sd(u - F((x0 + x1) / 2), v - F((y0 + y1) / 2), abs(x1 - x0) / 2 + tw, abs(y1 - y0) / 2 + tw, tw)),
         )
     diffuse, _ = shade(c, F(c.s * 0.006) * blur(copper, 0.8))
     rgb = mix(rgb, np.clip(mask_c * F(1.6) + F(0.05), 0, 1), F(0.7) * copper) * diffuse[..., None]
@@ -529,10 +541,19 @@ def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
     cell = c.s / 4
     silk_cov = np.zeros((c.h, c.w), F)
     pad_cov = np.zeros((c.h, c.w), F)
+    ca, sa = np.cos(turn), np.sin(turn)
     for k, (idx, kind) in enumerate(zip(order, kinds)):
         i, j = cells[idx]
         px, py = (i + 0.5) * cell + jitter[k, 0], (j + 0.5) * cell + jitter[k, 1]
-        pu, pv = (u - F(px), v - F(py)) if not vertical[k] else (v - F(py), -(u - F(px)))
+        # only the window around the part is drawn (the frame's inverse rotation gives its centre)
+        half = cell * 0.45 + 4
+        X, Y = ca * px - sa * py + c.w / 2, sa * px + ca * py + c.h / 2
+        win = (slice(int(np.clip(Y - half, 0, c.h)), int(np.clip(Y + half + 1, 0, c.h))),
+               slice(int(np.clip(X - half, 0, c.w)), int(np.clip(X + half + 1, 0, c.w))))  # fmt: skip
+        if win[0].stop <= win[0].start or win[1].stop <= win[1].start:
+            continue
+        wu, wv = u[win], v[win]
+        pu, pv = (wu - F(px), wv - F(py)) if not vertical[k] else (wv - F(py), -(wu - F(px)))
         if kind == 0:  # an IC with gull-wing leads
             hx, hy = cell * 0.32, cell * 0.2
             pins = 4
@@ -542,19 +563,19 @@ def board(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers
             hx, hy = cell * 0.2, cell * 0.1
             pads = [(s * hx * 0.85, 0.0, hx * 0.3, hy * 1.15) for s in (-1, 1)]
         outline = box_sd(pu, pv, hx * 1.25 + 2, hy * 1.6 + 2)
-        silk_cov = np.maximum(silk_cov, cover(np.abs(outline) - F(max(0.5, c.s * 0.002))))
+        silk_cov[win] = np.maximum(silk_cov[win], cover(np.abs(outline) - F(max(0.5, c.s * 0.002))))
         for ox, oy, ax, ay in pads:
-            pad_cov = np.maximum(pad_cov, cover(box_sd(pu - F(ox), pv - F(oy), ax, ay, 0.5)))
+            pad_cov[win] = np.maximum(pad_cov[win], cover(box_sd(pu - F(ox), pv - F(oy), ax, ay, 0.5)))
         if k == missing:
             continue
         inside = -box_sd(pu, pv, hx, hy, 1.0)
         cov = cover(-inside)
-        colour = np.broadcast_to(body_colours[k], (c.h, c.w, 3))
+        colour = np.broadcast_to(body_colours[k], (*pu.shape, 3))
         if kind != 0:
             colour = np.where((np.abs(pu) > F(hx * 0.75))[..., None], tin * F(0.95), colour)
-        bodies = mix(bodies, colour, cov)
-        body_alpha = np.maximum(body_alpha, cov)
-        lifted = np.maximum(lifted, F(c.s * 0.015) * smoothstep(0, c.s * 0.008, inside) * cov)
+        bodies[win] = mix(bodies[win], colour, cov)
+        body_alpha[win] = np.maximum(body_alpha[win], cov)
+        lifted[win] = np.maximum(lifted[win], F(c.s * 0.015) * smoothstep(0, c.s * 0.008, inside) * cov)
     rgb = mix(mix(rgb, silk, silk_cov), tin, pad_cov)
     lifted = np.maximum(lifted, F(c.s * 0.004) * pad_cov)
     shift = (-c.light[:2] / max(float(c.light[2]), 0.3) * c.s * 0.012).round().astype(int)
@@ -590,7 +611,9 @@ def cap(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
     ridges = F(0.5) + F(0.5) * np.cos(teeth * angle) if not crown else F(0.5)
     ring_r = rng.uniform(0.45, 0.7)
     emboss = np.exp(-(((radial / F(r) - F(ring_r)) / F(0.03)) ** 2))
-    height = F(r * 0.08) * (rim * (F(1) + F(0.5) * ridges) + emboss * F(0.6)) + F(r * 0.15) * smoothstep(0, r * 0.05, -sd)
+    height = F(r * 0.08) * (rim * (F(1) + F(0.5) * ridges) + emboss * F(0.6)) + F(r * 0.15) * smoothstep(
+        0, r * 0.05, -sd
+    )
     height = height - F(r * 0.25) * dent * smoothstep(0.6, 1.0, radial / F(r))
     diffuse, spec = shade(c, height, float(rng.uniform(15, 50)))
     colour = random_colour(rng, CAP_COLOURS, 0.04)
@@ -622,7 +645,9 @@ def pill(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
     if defect == "missing_part":
         at = drng.uniform(-np.pi, np.pi)
         ex, ey = np.cos(at) * length, np.sin(at) * hw
-        chip = np.hypot(u - F(ex), v - F(ey)) - F(hw * drng.uniform(0.3, 0.5)) * (F(1) + F(0.15) * (noise(drng, c, 25) - F(0.5)))
+        chip = np.hypot(u - F(ex), v - F(ey)) - F(hw * drng.uniform(0.3, 0.5)) * (
+            F(1) + F(0.15) * (noise(drng, c, 25) - F(0.5))
+        )
         sd = np.maximum(sd, -chip)
     alpha = cover(sd)
     inside = np.clip(-sd / F(hw), 0, 1)
@@ -653,7 +678,9 @@ def nut(c: Canvas, rng: np.random.Generator, defect=None, drng=None) -> Layers:
         k = drng.integers(6)
         at = k * np.pi / 3 + np.pi / 6
         corner = np.hypot(u - F(np.cos(at) * r * 1.12), v - F(np.sin(at) * r * 1.12))
-        sd = np.maximum(sd, -(corner - F(r * drng.uniform(0.35, 0.5)) * (F(1) + F(0.15) * (noise(drng, c, 25) - F(0.5)))))
+        sd = np.maximum(
+            sd, -(corner - F(r * drng.uniform(0.35, 0.5)) * (F(1) + F(0.15) * (noise(drng, c, 25) - F(0.5))))
+        )
     alpha = cover(sd)
     height = F(r * 0.12) * smoothstep(0, r * 0.12, -np.maximum(outer, chamfer)) - F(r * 0.08) * smoothstep(
         hole_r * 1.25, hole_r, radial
@@ -732,7 +759,11 @@ def paint_defect(c: Canvas, layers: Layers, defect: str, drng: np.random.Generat
         start = _spot(layers, drng, c, ext * 0.25)
         pts = _stroke_points(c, drng, start, ext * drng.uniform(0.5, 1.0), 0.45, 24)
         t = np.linspace(0, 1, len(pts))
-        radii = (drng.uniform(0.8, 2.0) * unit + 0.35) * np.sin(np.pi * t) ** 0.7 + 0.25 + 0.3 * drng.random(len(pts)) * unit
+        radii = (
+            (drng.uniform(0.8, 2.0) * unit + 0.35) * np.sin(np.pi * t) ** 0.7
+            + 0.25
+            + 0.3 * drng.random(len(pts)) * unit
+        )
         sd = polyline_sd(c, pts, radii)
         for _ in range(int(drng.integers(0, 3))):
             k = int(drng.integers(3, len(pts) - 3))
@@ -750,7 +781,9 @@ def paint_defect(c: Canvas, layers: Layers, defect: str, drng: np.random.Generat
         hole = cover(sd) * surf
         rim = cover(sd - F(max(1.0, r * 0.25))) * surf
         out = mix(rgb, rgb * F(0.55), rim)
-        inside = layers.under if not layers.texture else layers.under * (F(0.6) + F(0.4) * smoothstep(0, r, -sd))[..., None]
+        inside = (
+            layers.under if not layers.texture else layers.under * (F(0.6) + F(0.4) * smoothstep(0, r, -sd))[..., None]
+        )
         out = mix(out, inside, hole)
         return out, np.maximum(hole, rim)
     if defect == "stain":
@@ -785,7 +818,9 @@ def paint_defect(c: Canvas, layers: Layers, defect: str, drng: np.random.Generat
         alpha = cover(sd / F(max(1.0, r * 0.05))) * surf
         kind = int(drng.integers(3))
         if kind == 0:  # a tint
-            tint = np.asarray(random_colour(drng, [(1.4, 0.8, 0.6), (0.7, 1.2, 0.7), (0.7, 0.8, 1.4), (1.3, 1.2, 0.5)], 0.05))
+            tint = np.asarray(
+                random_colour(drng, [(1.4, 0.8, 0.6), (0.7, 1.2, 0.7), (0.7, 0.8, 1.4), (1.3, 1.2, 0.5)], 0.05)
+            )
             shifted = rgb * tint + F(0.06) * (tint - F(1))
         elif kind == 1:  # bleached / faded
             grey = rgb.mean(-1, keepdims=True)
@@ -806,7 +841,7 @@ def lighting(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     vignette = F(1) - F(rng.uniform(0, 0.15)) * r2
     mottle = F(1) + F(rng.uniform(0.02, 0.1)) * (noise(rng, c, 3) - F(0.5))
     level = F(rng.uniform(0.85, 1.15))
-    balance = (F(1) + rng.uniform(-0.05, 0.05, 3).astype(F))
+    balance = F(1) + rng.uniform(-0.05, 0.05, 3).astype(F)
     return (level * ramp * vignette * mottle)[..., None] * balance
 
 

@@ -53,6 +53,8 @@ __all__ = [
     "add_synth_arguments",
     "caption",
     "category_defects",
+    "generator_category",
+    "generator_defect",
     "list_categories",
     "make_synthetic_dataset",
     "render_sample",
@@ -506,9 +508,7 @@ class _Writer:
 
     def mask(self, path: Path, mask: np.ndarray, value: int | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * np.uint8(self.mask_value if value is None else value)).save(
-            path
-        )
+        Image.fromarray(mask.astype(np.uint8) * np.uint8(self.mask_value if value is None else value)).save(path)
         return path
 
 
@@ -651,9 +651,7 @@ def make_synthetic_dataset(
                 inst = _two_instances(m) if i % 2 else m.astype(np.uint8)
                 mp = data / "Masks" / "Anomaly" / f"{p.stem}.png"
                 w.mask(mp, inst, value=1)
-                rows.append(
-                    [cat, "test", "anomaly", p.relative_to(root).as_posix(), mp.relative_to(root).as_posix()]
-                )
+                rows.append([cat, "test", "anomaly", p.relative_to(root).as_posix(), mp.relative_to(root).as_posix()])
         (root / "split_csv").mkdir(exist_ok=True)
         with open(root / "split_csv" / "1cls.csv", "w", newline="") as f:
             out = csv.writer(f)
