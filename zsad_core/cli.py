@@ -90,6 +90,13 @@ PLUGIN_COMMANDS: tuple[PluginCommand, ...] = (
         "train a learnable method (e.g. AdaCLIP) on auxiliary data",
     ),
     PluginCommand(
+        "train-clip",
+        "zsad_core.clip_training",
+        "add_train_clip_arguments",
+        "run_train_clip",
+        "train the project's own small CLIP on generated images (an open_clip model folder)",
+    ),
+    PluginCommand(
         "synth",
         "zsad_core.data.synthetic",
         "add_synth_arguments",
