@@ -150,6 +150,7 @@ def test_train_clip_writes_a_model_folder_every_method_loads(micro_config: str, 
     }
     record = json.loads((folder / "training.json").read_text())
     assert record["training"]["seed"] == 0 and len(record["history"]) == 3
+    assert len(record["code_revision"].split("+")[0]) in (0, 40)  # the git commit, where there is one
     assert "wood" not in record["training_categories"]  # held-out categories are never trained on
     model = f"local-dir:{folder}"
     assert model_status(model).available and not model_status(model).random_weights

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .prompts import ADACLIP_PROMPTS, CLIPAD_PROMPTS, WINCLIP_TEMPLATES
+
 CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"
 DEFAULT_CONFIG = CONFIG_DIR / "zsad-toy.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -54,37 +56,10 @@ CONFIG_FILE = "open_clip_config.json"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a cropped photo of the {}.",
-    "a close-up photo of a {}.",
-    "a bright photo of a {}.",
-    "a dark photo of the {}.",
-    "a blurry photo of a {}.",
-    "a bad photo of a {}.",
-    "a low resolution photo of the {}.",
-    "a photo of a {} for visual inspection.",
-    "a photo of the {} for anomaly detection.",
-)
-NORMAL_STATES = (
-    "{}",
-    "flawless {}",
-    "perfect {}",
-    "unblemished {}",
-    "{} without flaw",
-    "{} without defect",
-    "{} without damage",
-)
-ABNORMAL_STATES = (
-    "damaged {}",
-    "broken {}",
-    "imperfect {}",
-    "blemished {}",
-    "{} with flaw",
-    "{} with defect",
-    "{} with damage",
-)
+# The methods' own prompt vocabulary, so their zero-shot prompts mean something to the model.
+TEMPLATES: tuple[str, ...] = tuple(dict.fromkeys(WINCLIP_TEMPLATES + ADACLIP_PROMPTS.templates))
+NORMAL_STATES: tuple[str, ...] = ADACLIP_PROMPTS.normal_states  # "{}", "flawless {}", "{} without defect"...
+ABNORMAL_STATES: tuple[str, ...] = CLIPAD_PROMPTS.abnormal_states[:7]  # "damaged {}" ... "{} with damage"
 GENERIC_NAMES = ("object", "item", "surface", "part", "product")
 
 
@@ -322,6 +297,27 @@ def training_losses(
     return {"clip": clip_loss, "pair": pair_loss, "patch": patch_loss}
 
 
+def _code_revision() -> str:
+    """The git commit of the code that trained (with ``+changes`` when the tree differs), or ""."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "zsad_core"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit + ("+changes" if dirty else "")
+
+
 def train_clip(
     cfg: ClipTrainingConfig, out: str | os.PathLike, progress: bool = True, log_every: int = 100
 ) -> dict[str, Any]:
@@ -406,6 +402,7 @@ def train_clip(
     metadata = {
         "format": "zsad-clip-v1",
         "zsad_version": __version__,
+        "code_revision": _code_revision(),
         "training": {**asdict(cfg), "config": Path(cfg.config).name},
         "training_categories": list(TRAIN_CATEGORIES),
         "steps_run": steps_run,
