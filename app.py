@@ -34,6 +34,7 @@ from zsad_core.availability import (
     method_status,
     model_status,
 )
+from zsad_core.backbone import list_project_models
 from zsad_core.compare import ComparisonRun, DetectorPool, run_comparison
 from zsad_core.explain import explain_prompts
 from zsad_core.prompts import PromptError, PromptSet
@@ -146,6 +147,12 @@ class ZsadApp:
             f"**Model:** `{model if model != PAPER else 'paper backbones'}` on **{pool.device}** ({pool.precision})."
         ]
         models = [model] if model != PAPER else [get_method(m).info.default_model for m in self.method_ids]
+        if model in list_project_models():
+            lines.append(
+                f"`{model}` is the project's own small CLIP, trained on generated images only (offline default; "
+                "see the README). It finds defects on its generated categories; real CLIP weights in `weights/` "
+                "do far better on real photos."
+            )
         if any(is_random_weights(m) for m in models):
             lines.append(
                 "⚠️ **This model has random weights** (no pretrained CLIP is on this host): the app works "

@@ -24,7 +24,14 @@ from pathlib import Path
 
 import open_clip
 
-from .backbone import list_tiny_models, local_pretrained_file, parse_model_name, weights_dirs
+from .backbone import (
+    list_project_models,
+    list_tiny_models,
+    local_pretrained_file,
+    parse_model_name,
+    project_model_dir,
+    weights_dirs,
+)
 from .registry import get_method, list_methods
 
 logger = logging.getLogger(__name__)
@@ -101,6 +108,8 @@ class MethodStatus:
 
 def is_random_weights(model: str) -> bool:
     """True for models built with random weights (the project's tiny configs, architectures with no tag)."""
+    if project_model_dir(model) is not None:
+        return False
     parsed = parse_model_name(model)
     return not parsed.is_schema and parsed.pretrained is None
 
@@ -114,6 +123,8 @@ def hub_reachable() -> bool:
 
 def model_status(model: str, *, downloadable: bool = False) -> ModelStatus:
     """Whether ``model`` can be built here; without ``downloadable``, without downloading anything."""
+    if project_model_dir(model) is not None:  # trained by the project, shipped in the package
+        return ModelStatus(model, True, False)
     try:
         parsed = parse_model_name(model)
     except ValueError as error:
@@ -148,12 +159,13 @@ def model_status(model: str, *, downloadable: bool = False) -> ModelStatus:
 
 
 def available_models(extra: tuple[str, ...] = (), *, downloadable: bool = False) -> list[ModelStatus]:
-    """Backbones usable here: the papers' (on disk, or ``downloadable``), ``extra`` ones, then the
-    project's own configs.
+    """Backbones usable here: the papers' (on disk, or ``downloadable``), ``extra`` ones, the project's
+    own trained models (``zsad-toy``), then its random-weight configs.
 
-    Best first: pretrained weights on disk, then ones to download, then random ones.
+    Best first: pretrained weights on disk (the papers', then the project's), then ones to download,
+    then random ones.
     """
-    candidates = list(dict.fromkeys([*PAPER_MODELS, *extra, *list_tiny_models()]))
+    candidates = list(dict.fromkeys([*PAPER_MODELS, *extra, *list_project_models(), *list_tiny_models()]))
     statuses = [model_status(model, downloadable=downloadable) for model in candidates]
     usable = [status for status in statuses if status.available]
     return sorted(usable, key=lambda status: (status.random_weights, status.download))
@@ -174,12 +186,21 @@ def _released_checkpoints(method: str, model: str, image_size: int, downloadable
     return local + remote
 
 
-def _candidate_files() -> list[Path]:
+def _candidate_files(model: str) -> list[Path]:
     files: list[Path] = []
+    shipped = project_model_dir(model)
+    if shipped is not None:  # checkpoints trained on a project model ship beside it
+        files += sorted(shipped.glob("*.safetensors"))
     for folder in weights_dirs():
         if folder.is_dir():
             files += sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*/*.safetensors"))
     return files
+
+
+def offline_default_model() -> str | None:
+    """The model to use when the papers' backbones cannot be had: the first shipped project model."""
+    shipped = list_project_models()
+    return shipped[0] if shipped else None
 
 
 def _trained_checkpoints(method: str, model: str, image_size: int) -> list[CheckpointChoice]:
@@ -188,7 +209,7 @@ def _trained_checkpoints(method: str, model: str, image_size: int) -> list[Check
     from .methods.learnable import CHECKPOINT_FORMAT
 
     choices = []
-    for path in _candidate_files():
+    for path in _candidate_files(model):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:  # reads the header only
                 metadata = handle.metadata() or {}

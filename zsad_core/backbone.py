@@ -51,6 +51,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+PROJECT_MODELS_DIR = Path(__file__).resolve().parent / "pretrained"  # trained by the project, shipped inside
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -76,6 +77,28 @@ def _register_project_configs() -> None:
 def list_tiny_models() -> list[str]:
     """Names of the project's own random-init configs (``zsad-tiny``, ...)."""
     return sorted(path.stem for path in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+def list_project_models() -> list[str]:
+    """Names of the project's own trained models shipped in the package (e.g. ``zsad-toy``)."""
+    if not PROJECT_MODELS_DIR.is_dir():
+        return []
+    return sorted(
+        folder.name
+        for folder in PROJECT_MODELS_DIR.iterdir()
+        if (folder / "open_clip_config.json").is_file() and (folder / WEIGHT_FILE_NAMES[0]).is_file()
+    )
+
+
+def project_model_dir(name: str) -> Path | None:
+    """The folder of a shipped project model (an open_clip model folder), or None."""
+    return PROJECT_MODELS_DIR / name if name in list_project_models() else None
+
+
+def loadable_name(model: str) -> str:
+    """What open_clip loads for ``model``: a shipped project model becomes ``local-dir:<its folder>``."""
+    folder = project_model_dir(model.strip())
+    return f"local-dir:{folder}" if folder is not None else model
 
 
 def weights_dirs() -> list[Path]:
@@ -261,7 +284,7 @@ def resolve_pretrained_file(arch: str, tag: str) -> Path:
 # ------------------------------------------------------------------------------------------ loading
 def _create_open_clip_model(spec: BackboneSpec) -> nn.Module:
     _register_project_configs()
-    parsed = parse_model_name(spec.model)
+    parsed = parse_model_name(loadable_name(spec.model))
     common = dict(force_quick_gelu=spec.quick_gelu, precision="fp32", device="cpu")
     if parsed.is_schema:
         if parsed.name.startswith("hf-hub:"):
@@ -583,7 +606,7 @@ def load_backbone(spec: BackboneSpec) -> ClipBackbone:
                     model.visual, spec.image_size, spec.pos_embed_interpolation, spec.pos_embed_antialias
                 )
             model = model.to(device=spec.device, dtype=_PRECISIONS[spec.precision])
-            tokenizer = open_clip.get_tokenizer(parse_model_name(spec.model).name)
+            tokenizer = open_clip.get_tokenizer(parse_model_name(loadable_name(spec.model)).name)
             _CACHE[spec] = ClipBackbone(model, spec, tokenizer)
         return _CACHE[spec]
 

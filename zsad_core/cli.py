@@ -485,6 +485,7 @@ def _build_detectors(args: argparse.Namespace, methods: Sequence[str]) -> dict[s
             f"{'takes' if len(methods) == 1 else 'take'} no checkpoint"
         )
     detectors = {}
+    fallback = _offline_fallback(args, methods)
     for method in methods:
         settings: dict[str, Any] = {}
         if args.sigma is not None:
@@ -494,7 +495,7 @@ def _build_detectors(args: argparse.Namespace, methods: Sequence[str]) -> dict[s
         try:
             detector = create_detector(
                 method,
-                model=args.model,
+                model=args.model or fallback.get(method),
                 image_size=args.image_size,
                 device=args.device,
                 precision=args.precision,
@@ -510,6 +511,28 @@ def _build_detectors(args: argparse.Namespace, methods: Sequence[str]) -> dict[s
         )
         detectors[method] = detector
     return detectors
+
+
+def _offline_fallback(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, str]:
+    """Without ``--model``: method -> the project's own model for methods whose paper backbone can be
+    neither found nor downloaded (said in one line); empty when the paper backbones can be had."""
+    from .availability import hub_reachable, model_status, offline_default_model
+    from .registry import get_method
+
+    fallback = offline_default_model()
+    if args.model is not None or fallback is None:
+        return {}
+    downloadable = hub_reachable()
+    chosen = {}
+    for method in methods:
+        paper = get_method(method).info.default_model
+        if not model_status(paper, downloadable=downloadable).available:
+            chosen[method] = fallback
+            _report(
+                f"warning: {method}'s paper backbone {paper} is not on this disk and cannot be downloaded; "
+                f"using the project's own {fallback} (see weights/README.md for the paper weights)"
+            )
+    return chosen
 
 
 def _warn_random_weights(detectors: dict[str, Any]) -> None:
