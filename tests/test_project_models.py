@@ -82,3 +82,21 @@ def test_without_model_the_cli_falls_back_to_the_shipped_model(shipped: Path, tm
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["images"][0]["status"] == "ok"
     assert np.load(tmp_path / "out" / "shot__winclip.npy").shape == (24, 40)
+
+
+@UNTRAINED_OK
+def test_proving_ground_table_compares_the_shipped_model_with_random_weights(shipped: Path, tmp_path: Path) -> None:
+    from zsad_core.proving_ground import run_proving_ground
+
+    table = run_proving_ground(tmp_path / "pg", "zsad-micro", ["winclip", "sdp_plus"], per_category=1, size=48)
+    rows = {(row["method"], row["weights"]): row for row in table["rows"]}
+    assert set(rows) == {("winclip", "trained"), ("winclip", "random"), ("sdp_plus", "trained"), ("sdp_plus", "random")}
+    assert rows[("sdp_plus", "trained")]["error"] == "no checkpoint for zsad-micro"  # nothing shipped beside it
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+        assert 0.0 <= rows[("winclip", "trained")][key] <= 1.0
+    assert rows[("winclip", "trained")]["pixel_auroc"] != rows[("winclip", "random")]["pixel_auroc"]
+    text = (tmp_path / "pg" / "table.md").read_text()
+    assert text.splitlines()[0].startswith("| method | weights | I-AUROC")
+    assert "| sdp_plus | trained | – |" in text
+    data = tmp_path / "pg" / "data"
+    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == sorted(table["categories"])

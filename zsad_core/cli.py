@@ -97,6 +97,13 @@ PLUGIN_COMMANDS: tuple[PluginCommand, ...] = (
         "train the project's own small CLIP on generated images (an open_clip model folder)",
     ),
     PluginCommand(
+        "proving-ground",
+        "zsad_core.proving_ground",
+        "add_proving_ground_arguments",
+        "run_proving_ground_command",
+        "every method on the generated held-out categories: the project's model against random weights",
+    ),
+    PluginCommand(
         "synth",
         "zsad_core.data.synthetic",
         "add_synth_arguments",
