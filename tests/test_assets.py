@@ -1,7 +1,8 @@
 """The shipped example pictures: reproducible from their script, listed, with sound masks.
 
-The pictures are compared pixel by pixel, not byte by byte: PNG bytes also depend on the zlib that
-compresses them, the pixels only on the script and its seeds.
+The pictures come from the package's generator (held-out categories). They are compared pixel by
+pixel, not byte by byte: PNG bytes also depend on the zlib that compresses them, the pixels only on
+the generator and its seeds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 from PIL import Image
+
+from zsad_core.data.synthetic import CATEGORY_INFO, HELDOUT_CATEGORIES
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SIZE = 256
@@ -51,13 +54,17 @@ def _pixels(path: Path) -> np.ndarray:
 
 def test_examples_json_lists_existing_files(committed: list[dict[str, str]]) -> None:
     assert [entry["file"] for entry in committed] == [
-        "fabric_scratch.png",
-        "fabric_good.png",
+        "striped_fabric_scratch.png",
+        "striped_fabric_good.png",
         "wood_crack.png",
-        "tiles_stain.png",
-        "washer_dent.png",
-        "board_missing_part.png",
+        "washer_missing_part.png",
+        "bottle_cap_hole.png",
+        "pill_crack.png",
+        "pill_good.png",
     ]
+    # every example is of a category no model of the project was trained on
+    held_out = {CATEGORY_INFO[name].display for name in HELDOUT_CATEGORIES}
+    assert {entry["category"] for entry in committed} <= held_out
     for entry in committed:
         assert set(entry) <= {"file", "category", "description", "mask"}
         assert entry["category"].strip() and entry["description"].strip()
@@ -65,7 +72,7 @@ def test_examples_json_lists_existing_files(committed: list[dict[str, str]]) -> 
         if "mask" in entry:
             assert entry["mask"] == f"masks/{Path(entry['file']).stem}_mask.png"
             assert (ASSETS / entry["mask"]).is_file()
-    assert [entry["file"] for entry in committed if "mask" not in entry] == ["fabric_good.png"]
+    assert [entry["file"] for entry in committed if "mask" not in entry] == ["striped_fabric_good.png", "pill_good.png"]
     # nothing else sits in the folder: no unlisted picture (a dataset image must never land here)
     listed = {entry["file"] for entry in committed} | {entry["mask"] for entry in committed if "mask" in entry}
     on_disk = {

@@ -39,8 +39,8 @@ def _chromium() -> str:
 
 
 def _example_pictures() -> list[Path]:
-    """Two of the project's shipped example pictures (assets/): a defective and a flawless fabric."""
-    pictures = [REPO_ROOT / "assets" / "fabric_scratch.png", REPO_ROOT / "assets" / "fabric_good.png"]
+    """Two of the shipped example pictures (assets/): a scratched and a flawless striped fabric."""
+    pictures = [REPO_ROOT / "assets" / "striped_fabric_scratch.png", REPO_ROOT / "assets" / "striped_fabric_good.png"]
     missing = [str(path) for path in pictures if not path.is_file()]
     assert not missing, f"shipped example pictures missing: {missing} (python assets/make_assets.py)"
     return pictures
@@ -90,7 +90,7 @@ def test_page_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
                 page.locator("#inputs input[type=file]").set_input_files([str(p) for p in pictures])
                 page.wait_for_function("n => document.querySelectorAll('#inputs img').length >= n", arg=len(pictures))
-                page.locator("#category textarea, #category input").first.fill("fabric")
+                page.locator("#category textarea, #category input").first.fill("striped fabric")
 
                 started = time.perf_counter()
                 page.locator("#run").click()

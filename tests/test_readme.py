@@ -52,10 +52,10 @@ def test_offline_examples_run_as_written(tmp_path: Path, monkeypatch, capsys) ->
     arguments[arguments.index("--out") + 1] = str(tmp_path / "out")
     assert main(arguments) == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("*.npy")) == [
-        "fabric_good__sdp.npy",
-        "fabric_good__winclip.npy",
-        "fabric_scratch__sdp.npy",
-        "fabric_scratch__winclip.npy",
+        "striped_fabric_good__sdp.npy",
+        "striped_fabric_good__winclip.npy",
+        "striped_fabric_scratch__sdp.npy",
+        "striped_fabric_scratch__winclip.npy",
     ]
     (snippet,) = _blocks(section, "python")
     namespace: dict = {}
