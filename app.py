@@ -176,9 +176,7 @@ class ZsadApp:
         statuses = [method_status(m, _model_arg(model), downloadable=self.downloadable) for m in self.method_ids]
         runnable = [(f"{s.name}", s.method) for s in statuses if s.available]
         blocked = [(f"{s.name}: {s.reason}", s.method) for s in statuses if not s.available]
-        chosen = [value for _, value in runnable if get_method(value).info.training_free] or [
-            value for _, value in runnable
-        ]
+        chosen = [value for _, value in runnable]  # every method that can run: the page is for comparing them
         checkpoints = {}
         for status in statuses:
             if not get_method(status.method).info.training_free:

@@ -189,12 +189,12 @@ def test_the_page_tells_which_model_runs_and_which_methods_cannot(served) -> Non
 def test_model_choice_and_command_line(monkeypatch) -> None:
     monkeypatch.delenv("ZSAD_MODEL", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert zsad_app.default_model() == "zsad-tiny"  # no paper weights here: the best model present
+    assert zsad_app.default_model() == "zsad-toy"  # no paper weights here: the project's own trained model
     assert zsad_app.default_model("zsad-tiny-14") == "zsad-tiny-14"
     monkeypatch.setenv("ZSAD_MODEL", "zsad-tiny-14")
     assert zsad_app.default_model() == "zsad-tiny-14"
     values = [value for _, value in zsad_app.model_choices("ViT-B-16:/no/file.pt")]
-    assert values[:2] == ["zsad-tiny", "zsad-tiny-14"] and values[-1] == "ViT-B-16:/no/file.pt"
+    assert values[:3] == ["zsad-toy", "zsad-tiny", "zsad-tiny-14"] and values[-1] == "ViT-B-16:/no/file.pt"
     args = zsad_app.parse_args(["--model", "zsad-tiny", "--port", "7999", "--share", "--no-warmup"])
     assert (args.model, args.port, args.share, args.no_warmup) == ("zsad-tiny", 7999, True, True)
 
@@ -218,6 +218,6 @@ def test_paper_backbones_are_the_default_when_they_can_be_downloaded(monkeypatch
     monkeypatch.setenv("ZSAD_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert zsad_app.default_model(downloadable=True) == zsad_app.PAPER
-    assert zsad_app.default_model(downloadable=False) == "zsad-tiny"
+    assert zsad_app.default_model(downloadable=False) == "zsad-toy"
     label, value = zsad_app.model_choices(zsad_app.PAPER, downloadable=True)[0]
     assert value == zsad_app.PAPER and "downloaded on first use" in label

@@ -173,7 +173,7 @@ def test_model_and_method_availability_offline(tmp_path: Path, monkeypatch) -> N
     assert not paper.available and "not on this disk" in paper.reason
     assert not model_status("no-such-arch").available
     assert not model_status("local-dir:/no/such/folder").available
-    assert [status.model for status in available_models()] == ["zsad-tiny", "zsad-tiny-14"]
+    assert [status.model for status in available_models()] == ["zsad-toy", "zsad-tiny", "zsad-tiny-14"]
     assert method_status("winclip", TINY).available
     assert not method_status("winclip").available  # its paper backbone is not here
     status = method_status("sdp_plus", TINY)
@@ -266,7 +266,9 @@ def test_missing_weights_count_as_available_only_when_downloads_are_possible(tmp
     paper = model_status("ViT-L-14-336:openai", downloadable=True)
     assert paper.available and paper.download and not paper.random_weights
     assert not model_status("ViT-L-14-336:openai").available
-    assert [s.model for s in available_models(downloadable=True)][:2] == [
+    # on disk first (the project's own trained model), then what must be downloaded, then random weights
+    assert [s.model for s in available_models(downloadable=True)][:3] == [
+        "zsad-toy",
         "ViT-L-14-336:openai",
         "ViT-B-16-plus-240:laion400m_e31",
     ]

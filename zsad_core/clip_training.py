@@ -335,6 +335,7 @@ def train_clip(
     from .data.synthetic import CATEGORY_INFO, TRAIN_CATEGORIES
 
     started = time.perf_counter()
+    revision = _code_revision()  # the code that trains, read before anything can change it
     out = Path(out)
     model_config = load_model_config(cfg.config)
     size = int(model_config["vision_cfg"]["image_size"])
@@ -402,7 +403,7 @@ def train_clip(
     metadata = {
         "format": "zsad-clip-v1",
         "zsad_version": __version__,
-        "code_revision": _code_revision(),
+        "code_revision": revision,
         "training": {**asdict(cfg), "config": Path(cfg.config).name},
         "training_categories": list(TRAIN_CATEGORIES),
         "steps_run": steps_run,

@@ -58,7 +58,7 @@ def run_proving_ground(
     out: str | Path,
     model: str = "zsad-toy",
     methods: list[str] | None = None,
-    per_category: int = 10,
+    per_category: int = 8,
     seed: int = 1,
     size: int = 256,
     progress: bool = False,
@@ -108,7 +108,7 @@ def add_proving_ground_arguments(parser: argparse.ArgumentParser) -> argparse.Ar
     parser.add_argument("--out", required=True, help="output folder (data, runs, table.md, table.json)")
     parser.add_argument("--model", default="zsad-toy", help="the project's trained model (default: zsad-toy)")
     parser.add_argument("--methods", default=None, help="comma-separated method ids (default: all)")
-    parser.add_argument("--per-category", type=int, default=10, help="images per split and defect (default: 10)")
+    parser.add_argument("--per-category", type=int, default=8, help="images per split and defect (default: 8)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out images (default: 1)")
     return parser
 
