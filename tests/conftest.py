@@ -35,3 +35,21 @@ def make_image(height: int = 96, width: int = 128, seed: int = 0, mode: str = "R
 @pytest.fixture
 def rgb_image() -> Image.Image:
     return make_image()
+
+
+# A micro open_clip CLIP config (4-block image tower, so SDP's four stages fit), for training and
+# shipping tests that need a real model folder in seconds.
+MICRO_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def tiny_settings(method_id: str, **settings) -> dict:
+    """Tiny backbone matching the method's paper backbone, at 4 x 4 patches to keep tests fast."""
+    from zsad_core import get_method
+
+    model = "zsad-tiny-14" if "-14" in get_method(method_id).info.default_model else "zsad-tiny"
+    patch = 14 if model == "zsad-tiny-14" else 16
+    return {"model": model, "image_size": 4 * patch, "device": "cpu", "precision": "fp32", **settings}

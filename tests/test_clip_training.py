@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MICRO_CLIP_CONFIG
 
 from zsad_core import create_detector
 from zsad_core.availability import model_status
@@ -31,11 +32,7 @@ from zsad_core.clip_training import (
     training_losses,
 )
 
-MICRO = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+MICRO = MICRO_CLIP_CONFIG
 
 
 @pytest.fixture

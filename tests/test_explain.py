@@ -7,19 +7,14 @@ import math
 import numpy as np
 import pytest
 from conftest import make_image
+from conftest import tiny_settings as tiny
 
-from zsad_core import create_detector, get_method, list_methods
+from zsad_core import create_detector, list_methods
 from zsad_core.explain import explain_prompts
 from zsad_core.types import PromptEvidence
 
 UNTRAINED_OK = pytest.mark.filterwarnings("ignore:.*no checkpoint loaded:UserWarning")
 METHOD_IDS = [info.id for info in list_methods()]
-
-
-def tiny(method_id: str, **settings) -> dict:
-    model = "zsad-tiny-14" if "-14" in get_method(method_id).info.default_model else "zsad-tiny"
-    patch = 14 if model == "zsad-tiny-14" else 16
-    return {"model": model, "image_size": 4 * patch, "device": "cpu", "precision": "fp32", **settings}
 
 
 def sigmoid(x: float) -> float:

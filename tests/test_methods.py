@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image
+from conftest import make_image, tiny_settings
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
@@ -46,14 +46,6 @@ from zsad_core.prompts import clear_text_caches
 
 METHOD_IDS = [info.id for info in list_methods()]
 CATEGORY = "bottle"
-
-
-def tiny_settings(method_id: str) -> dict:
-    """Tiny backbone matching the method's paper backbone, at 4 x 4 patches to keep tests fast."""
-    info = get_method(method_id).info
-    model = "zsad-tiny-14" if "-14" in info.default_model else "zsad-tiny"
-    patch = 14 if model == "zsad-tiny-14" else 16
-    return {"model": model, "image_size": 4 * patch, "device": "cpu", "precision": "fp32"}
 
 
 # learned methods built without a checkpoint warn that their maps mean little; expected here

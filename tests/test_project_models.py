@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import MICRO_CLIP_CONFIG, make_image
 
 from zsad_core import backbone as backbone_module
 from zsad_core import create_detector
@@ -22,11 +22,7 @@ from zsad_core.backbone import list_project_models, loadable_name
 from zsad_core.cli import main
 from zsad_core.clip_training import build_clip, save_model_folder
 
-MICRO = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+MICRO = MICRO_CLIP_CONFIG
 UNTRAINED_OK = pytest.mark.filterwarnings("ignore:.*no checkpoint loaded:UserWarning")
 
 
