@@ -41,7 +41,7 @@ def random_pixels(batch: int = 1, seed: int = 0, size: int = SIZE) -> torch.Tens
 def run(detector: AdaCLIP, pixels: torch.Tensor, category: str = "bottle"):
     detector.prepare(category)
     with torch.no_grad():
-        return detector.predict(pixels, detector._prepared.features)
+        return detector.predict(pixels, detector.text_features)
 
 
 # ------------------------------------------------------------------------------------ switches
@@ -76,7 +76,7 @@ def test_detect_returns_maps_at_the_input_size() -> None:
         result = detector.detect(image)
     assert result.anomaly_map.shape == (90, 130) and result.model_map.shape == (SIZE, SIZE)
     assert 0.0 <= result.score <= 1.0 and np.isfinite(result.anomaly_map).all()
-    assert detector._prepared.features.class_name == "metal nut"  # '-' -> ' ', as the authors
+    assert detector.text_features.class_name == "metal nut"  # '-' -> ' ', as the authors
 
 
 def test_zero_dynamic_generators_reproduce_static_only() -> None:
@@ -107,7 +107,7 @@ def test_unprompted_image_pass_is_the_plain_backbone(settings: dict) -> None:
     detector = make_detector(**settings)
     pixels = random_pixels(2, seed=5)
     with torch.no_grad():
-        taps, pooled = detector.prompted_image_pass(pixels, None)
+        taps, pooled = detector.model.prompted_image_pass(pixels, None)
         plain = detector.backbone.encode_image(pixels, detector.tap_layers)
     torch.testing.assert_close(pooled, plain.embedding, rtol=0, atol=1e-6)
     for tap, layer in zip(taps, detector.tap_layers):
@@ -119,7 +119,7 @@ def test_unprompted_text_is_the_plain_anchors(settings: dict) -> None:
     detector = make_detector(**settings).prepare("bottle")
     anchors = text_anchors(detector.backbone, "bottle", ADACLIP_PROMPTS, reducer="mean")
     with torch.no_grad():
-        features = detector.extract_features(random_pixels(2), [detector._prepared.features] * 2)
+        features = detector.model.extract_features(random_pixels(2), [detector.text_features] * 2)
     torch.testing.assert_close(features.text, anchors.expand(2, -1, -1), rtol=0, atol=1e-6)
 
 
@@ -130,7 +130,7 @@ def test_visual_prompts_are_appended_then_replaced() -> None:
     pixels = random_pixels(2, seed=6)
     with torch.no_grad():
         dynamic_visual, _ = learned.dynamic_prompts(backbone.encode_image(pixels).embedding)
-        taps, pooled = detector.prompted_image_pass(pixels, dynamic_visual)
+        taps, pooled = detector.model.prompted_image_pass(pixels, dynamic_visual)
         x = backbone.visual.ln_pre(backbone.embed_patches(pixels))
         num_patches = x.shape[1] - 1
         manual_taps = []
@@ -159,11 +159,13 @@ def test_text_hook_overwrites_positions_1_to_M_in_blocks_1_to_J_minus_1(monkeypa
         return original(ids, hook=hook, min_length=min_length)
 
     monkeypatch.setattr(backbone, "text_forward", spy)
-    text = detector._prepared.features
+    text = detector.text_features
     with torch.no_grad():
         _, dynamic_text = learned.dynamic_prompts(backbone.encode_image(random_pixels(1)).embedding)
-        ours = detector.text_features([text], dynamic_text)[0][0]
-    assert captured["min_length"] == 1 + 4
+        ours = detector.model.text_features([text], dynamic_text)[0][0]
+    # The ids are cut after the longest sentence's end-of-text token (never shorter than 1 + M) and run as they are.
+    longest = int(backbone.tokenize(sum(text.prompts.sentences(text.class_name), [])).argmax(dim=-1).max()) + 1
+    assert text.token_ids.shape[1] == max(longest, 1 + 4) and captured["min_length"] == text.token_ids.shape[1]
     hook = captured["hook"]
     count, width = len(text.token_ids), backbone.text_width
     for block in range(len(backbone.text_blocks)):
@@ -177,9 +179,9 @@ def test_text_hook_overwrites_positions_1_to_M_in_blocks_1_to_J_minus_1(monkeypa
             assert not changed.any(), block
     monkeypatch.undo()
 
-    # a manual text walk gives the same anchors
+    # a manual text walk over the full 77-token context gives the same anchors
     model = backbone.model
-    ids = text.token_ids
+    ids = backbone.tokenize(sum(text.prompts.sentences(text.class_name), []))
     with torch.no_grad():
         x = model.token_embedding(ids) + model.positional_embedding
         for block_index, block in enumerate(backbone.text_blocks):
@@ -414,10 +416,10 @@ def test_agrees_with_the_authors_code(round_prompts_fp16: bool) -> None:
     detector.prepare("bottle")
     pixels = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        features = detector.extract_features(pixels, [detector._prepared.features])
-        logits = detector.patch_logits(features)
-        image_probs, fusion = detector.image_probabilities(features, logits)
-        prediction = detector.predict(pixels, detector._prepared.features)
+        features = detector.model.extract_features(pixels, [detector.text_features])
+        logits = detector.model.patch_logits(features)
+        image_probs, fusion = detector.model.image_probabilities(features, logits)
+        prediction = detector.predict(pixels, detector.text_features)
         training = detector.training_forward(pixels, ["bottle"])
     suffix = "" if round_prompts_fp16 else "_fp32prompts"
 
@@ -442,7 +444,7 @@ def test_agrees_with_the_authors_code(round_prompts_fp16: bool) -> None:
     np.testing.assert_array_equal(fusion.indices[0], reference["topk_indices"])
     np.testing.assert_array_equal(fusion.labels[0], reference["kmeans_labels"])
     check("hsf_embedding", fusion.embedding[0], 1e-6)
-    raw_map = torch.stack(detector.upsampled_logits(logits)).mean(0).softmax(dim=1)[0, 1]
+    raw_map = torch.stack(detector.model.upsampled_logits(logits)).mean(0).softmax(dim=1)[0, 1]
     check("anomaly_map_sub4", raw_map[::4, ::4], 2e-5)
     check("anomaly_map_crop", raw_map[200:264, 200:264], 2e-5)
     check("anomaly_map_s4_sub4", prediction.maps[0][::4, ::4], 2e-5)

@@ -444,7 +444,7 @@ def test_known_answer_winclip_windows(known_answer: KnownAnswerSetup) -> None:
     windows = window_indices(known_answer.backbone.grid_size, 2)
     with torch.no_grad():
         tokens = known_answer.backbone.embed_patches(pixels)
-        scores = detector._class_scores(detector.window_embeddings(tokens, windows), known_answer.anchors)[0]
+        scores = detector.model.class_scores(detector.model.window_embeddings(tokens, windows), known_answer.anchors)[0]
     holds_anomaly = (windows == 2 * 8 + 5).any(dim=1)
     assert holds_anomaly.sum() == 4
     assert scores[holds_anomaly].min() > scores[~holds_anomaly].max()  # windows holding the anomaly score higher
@@ -477,7 +477,7 @@ def _two_class_abnormal(embedding: torch.Tensor, anchors: torch.Tensor, temperat
 
 def test_winclip_equals_a_plain_loop_over_windows() -> None:
     detector = create_detector("winclip", model="zsad-tiny", image_size=96).prepare(CATEGORY)
-    backbone, anchors, config = detector.backbone, detector._prepared.features, detector.config
+    backbone, anchors, config = detector.backbone, detector.text_features, detector.config
     grid, patch = backbone.grid_size, backbone.patch_size
     pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
     visual = backbone.visual
@@ -593,7 +593,7 @@ def test_sdp_equals_an_explicit_reference_loop(aliasing: bool) -> None:
         )
         paths = staged_dual_path(backbone, pixels, detector.stage_ends, reference_aliasing=aliasing)
         stages = [feature_surgery(F.normalize(s, dim=-1), anchors) for s in paths.surgery]
-        similarity, _ = detector.surgery_similarity(pixels, anchors)
+        similarity, _ = detector.model.surgery_similarity(pixels, anchors)
         prediction = detector.predict(pixels, anchors)
         standard = backbone.encode_image(pixels).embedding
     assert detector.stage_ends == (2, 4, 6, 8)

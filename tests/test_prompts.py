@@ -102,7 +102,7 @@ def test_prepare_overrides_parts_and_refuses_bad_prompts() -> None:
     assert detector.category == "bottle"
     assert detector.prompts.normal_states == ("good {}",)
     assert detector.prompts.abnormal_states == WINCLIP_PROMPTS.abnormal_states
-    assert detector._prepared.features.shape == (32, 2)
+    assert detector.text_features.shape == (32, 2)
     with pytest.raises(PromptError, match="longer than"):
         detector.prepare("bottle", abnormal_states=[" ".join(["broken"] * 80)])
     with pytest.raises(PromptError, match="empty"):
@@ -118,14 +118,14 @@ def test_text_feature_cache_hits_and_misses() -> None:
     detector = create_detector("winclip", model="zsad-tiny", image_size=64)
     prompts = PromptSet(("good", "fine"), ("cracked",), ("a photo of a {}.", "a close-up photo of the {}."))
     detector.prepare("cache test object", prompts)
-    first = detector._prepared.features
+    first = detector.text_features
     hits, misses = TEXT_FEATURE_CACHE.hits, TEXT_FEATURE_CACHE.misses
     detector.prepare("cache test object", prompts)
     assert (TEXT_FEATURE_CACHE.hits, TEXT_FEATURE_CACHE.misses) == (hits + 1, misses)
-    assert torch.equal(detector._prepared.features, first)
+    assert torch.equal(detector.text_features, first)
     detector.prepare("cache test object", prompts.with_overrides(abnormal_states=["scratched"]))
     assert (TEXT_FEATURE_CACHE.hits, TEXT_FEATURE_CACHE.misses) == (hits + 1, misses + 1)
-    assert not torch.equal(detector._prepared.features, first)
+    assert not torch.equal(detector.text_features, first)
     detector.prepare("another cache test object", prompts)  # another class name: another entry
     assert TEXT_FEATURE_CACHE.misses == misses + 2
     # another backbone geometry or method must not share entries
@@ -173,6 +173,6 @@ def test_winclip_anchors_equal_full_context_encoding() -> None:
     with torch.no_grad():
         embeddings = backbone.model.encode_text(tokenizer(normal + abnormal))  # all 77 positions
     detector = create_detector("winclip", model="zsad-tiny", image_size=64).prepare("bottle")
-    anchors = detector._prepared.features
+    anchors = detector.text_features
     torch.testing.assert_close(anchors[:, 0], _reduce(embeddings[: len(normal)], "mean_raw"), rtol=0, atol=1e-5)
     torch.testing.assert_close(anchors[:, 1], _reduce(embeddings[len(normal) :], "mean_raw"), rtol=0, atol=1e-5)

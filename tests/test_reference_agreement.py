@@ -97,13 +97,13 @@ def winclip_run() -> tuple[dict[str, np.ndarray], WinCLIP, dict[str, object]]:
     reference_backbone()
     detector = create_detector("winclip", model="zsad-tiny", image_size=240, device="cpu", precision="fp32")
     detector.prepare(CLASS_NAME, templates=ANOMALIB_TEMPLATES)
-    anchors = detector._prepared.features
+    anchors = detector.text_features
     pixels = reference_pixels()
     with torch.no_grad():
         prediction = detector.predict(pixels, anchors)
         tokens = detector.backbone.embed_patches(pixels)
         windows = {k: window_indices(detector.backbone.grid_size, k) for k in (2, 3)}
-        embeddings = {k: detector.window_embeddings(tokens, windows[k]) for k in (2, 3)}
+        embeddings = {k: detector.model.window_embeddings(tokens, windows[k]) for k in (2, 3)}
         image_embeddings = detector.backbone.encode_image(pixels).embedding
     ours = {
         "prediction": prediction,
@@ -140,7 +140,7 @@ def test_winclip_windows_embeddings_and_scores(winclip_run) -> None:
         torch.testing.assert_close(
             ours["window_embeddings"][k], _t(reference[f"window_embeddings_{k}"]), rtol=0, atol=1e-5
         )
-        scores = detector._class_scores(_t(reference[f"window_embeddings_{k}"]), ours["anchors"])
+        scores = detector.model.class_scores(_t(reference[f"window_embeddings_{k}"]), ours["anchors"])
         np.testing.assert_allclose(scores.numpy(), reference[f"window_scores_{k}"], rtol=1e-4, atol=1e-7)
         scale_map = harmonic_window_aggregation(_t(reference[f"window_scores_{k}"]), ours["windows"][k], 225)
         assert_map_close(scale_map.view(2, 15, 15).numpy(), reference[f"scale_map_{k}"])
@@ -273,7 +273,7 @@ def test_sdp_end_to_end_from_prompts(sdp_reference, variant: str) -> None:
     rvs = variant.split("_")[0]
     detector = _sdp(rvs, reference_aliasing=not variant.endswith("_noalias")).prepare(CLASS_NAME)
     with torch.no_grad():
-        prediction = detector.predict(reference_pixels(), detector._prepared.features)
+        prediction = detector.predict(reference_pixels(), detector.text_features)
     np.testing.assert_allclose(prediction.extras["p_cls"], sdp_reference[f"p_cls_{variant}"], rtol=1e-4, atol=1e-6)
     span = float(np.ptp(sdp_reference[f"patch_map_{variant}"]))
     np.testing.assert_allclose(

@@ -559,7 +559,8 @@ class ClipBackbone(nn.Module):
             ids: (P, context_length) token ids from :meth:`tokenize`.
             hook: called as ``hook(block_index, x)`` before each block (0-based), returns the new x;
                 used to insert learned tokens (AdaCLIP).
-            min_length: run at least this many positions (e.g. to hold inserted tokens).
+            min_length: run at least this many positions (e.g. to hold inserted tokens); ids no longer
+                than this run as they are, with no read of their values on the host.
         Returns:
             (P, D) text embeddings, not normalised.
         """
@@ -568,7 +569,10 @@ class ClipBackbone(nn.Module):
             raise ModelSpecError(f"{self.spec.model}: only argmax (EOT) text pooling is supported")
         ids = ids.to(self.device)
         eot = ids.argmax(dim=-1)
-        length = min(ids.shape[1], max(int(eot.max()) + 1, min_length))
+        if ids.shape[1] > min_length:  # (a host read; callers that export pass ids already cut to length)
+            length = min(ids.shape[1], max(int(eot.max()) + 1, min_length))
+        else:
+            length = ids.shape[1]
         x = model.token_embedding(ids[:, :length]).to(self.dtype)
         x = x + model.positional_embedding[:length].to(self.dtype)
         mask = model.attn_mask[:length, :length].to(self.dtype) if model.attn_mask is not None else None

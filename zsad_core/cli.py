@@ -104,6 +104,13 @@ PLUGIN_COMMANDS: tuple[PluginCommand, ...] = (
         "every method on the generated held-out categories: the project's model against random weights",
     ),
     PluginCommand(
+        "export",
+        "zsad_core.export",
+        "add_export_arguments",
+        "run_export",
+        "export a method's model with one category's text as ONNX or a torch.export program",
+    ),
+    PluginCommand(
         "synth",
         "zsad_core.data.synthetic",
         "add_synth_arguments",

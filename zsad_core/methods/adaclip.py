@@ -83,11 +83,11 @@ from torch import nn
 
 from ..backbone import ClipBackbone
 from ..losses import dice_loss, focal_loss
-from ..postprocess import gaussian_smooth, upsample_patch_maps
+from ..postprocess import gaussian_blur, upsample_patch_maps
 from ..prompts import ADACLIP_PROMPTS, PromptSet, sentence_embeddings, text_anchors
 from ..registry import register_method
 from ..types import MethodInfo
-from .base import MethodConfig, Prediction, PreparedText
+from .base import AnomalyModel, MethodConfig, ModelOutput, PreparedText
 from .learnable import CheckpointMismatchError, LearnableDetector, TrainingOutput
 
 LOGIT_SCALE = 100.0  # hard-coded by the authors (the model's own logit_scale is ignored)
@@ -121,6 +121,8 @@ class AdaCLIPConfig(MethodConfig):
         hsf_topk_factor: HSF clusters the ``min(N, factor * K)`` most anomalous patches.
         hsf_alpha: weight of the HSF embedding against the global one.
         hsf_seed: KMeans ``random_state``; None = numpy's global RNG, as the authors' code.
+        hsf_kmeans: "sklearn" (the authors' KMeans, on the host) or "torch" (fixed-iteration Lloyd
+            on the device, initialised from the most anomalous patches; exportable; other clusters).
         seed: seed of the learned parts' initialisation (static prompts N(0, 0.02), linear layers
             PyTorch's default).
         round_prompts_fp16: round inserted prompt tokens to fp16 as the authors' code does.
@@ -142,6 +144,7 @@ class AdaCLIPConfig(MethodConfig):
     hsf_topk_factor: int = 5
     hsf_alpha: float = 0.2
     hsf_seed: int | None = 111
+    hsf_kmeans: str = "sklearn"
     seed: int = 111
     round_prompts_fp16: bool = False
     checkpoint: str | None = None
@@ -161,6 +164,8 @@ class AdaCLIPConfig(MethodConfig):
             raise ValueError(
                 f"hsf_clusters and hsf_topk_factor must be at least 1, got {self.hsf_clusters}, {self.hsf_topk_factor}"
             )
+        if self.hsf_kmeans not in KMEANS_BACKENDS:
+            raise ValueError(f"hsf_kmeans must be one of {KMEANS_BACKENDS}, got {self.hsf_kmeans!r}")
         if not 0.0 <= self.hsf_alpha <= 1.0:
             raise ValueError(f"hsf_alpha must lie in [0, 1], got {self.hsf_alpha}")
         if self.layers is not None and (len(self.layers) == 0 or min(self.layers) < 1):
@@ -297,19 +302,61 @@ def convert_authors_state_dict(state_dict: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- HSF
+KMEANS_BACKENDS = ("sklearn", "torch")
+
+
 @dataclass
 class HSFResult:
     """Output of :func:`hybrid_semantic_fusion`.
 
     Attributes:
         embedding: (B, D) normalised mean of the cluster centres (``h``); differentiable.
-        indices: per image, the (k,) selected patch indices, most anomalous first.
-        labels: per image, the (k,) KMeans labels of those patches.
+        indices: (B, k) selected patch indices, most anomalous first.
+        labels: (B, k) cluster labels of those patches.
     """
 
     embedding: torch.Tensor
-    indices: list[np.ndarray]
-    labels: list[np.ndarray]
+    indices: torch.Tensor
+    labels: torch.Tensor
+
+
+def _nearest_centre(data: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(B, k, F) rows, (B, K, F) centres -> (B, k) index of the nearest centre (squared Euclidean)."""
+    distances = (centres * centres).sum(-1).unsqueeze(1) - 2.0 * data @ centres.transpose(1, 2)
+    return distances.argmin(dim=-1)
+
+
+def torch_kmeans(data: torch.Tensor, clusters: int, iterations: int = 30) -> torch.Tensor:
+    """Lloyd's k-means with a fixed number of iterations, on the device and exportable.
+
+    The initial centres are the first ``clusters`` rows (for HSF: the most anomalous patches), so
+    the result is deterministic; a cluster left empty keeps its previous centre.
+
+    Args:
+        data: (B, k, F) rows to cluster, ``clusters <= k``.
+    Returns:
+        (B, k) long labels.
+    """
+    centres = data[:, :clusters]
+    for _ in range(iterations):
+        one_hot = F.one_hot(_nearest_centre(data, centres), clusters).to(data.dtype)  # (B, k, K)
+        counts = one_hot.sum(1).unsqueeze(-1)  # (B, K, 1)
+        means = one_hot.transpose(1, 2) @ data / counts.clamp_min(1.0)
+        centres = torch.where(counts > 0, means, centres)
+    return _nearest_centre(data, centres)
+
+
+def _sklearn_kmeans(data: torch.Tensor, clusters: int, seed: int | None) -> torch.Tensor:
+    """scikit-learn's KMeans per image (the authors' choice), on the host: (B, k, F) -> (B, k) labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    labels = []
+    for rows in data.detach().float().cpu().numpy():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than clusters
+            labels.append(KMeans(n_clusters=clusters, n_init="auto", random_state=seed).fit_predict(rows))
+    return torch.from_numpy(np.stack(labels)).long().to(data.device)
 
 
 def hybrid_semantic_fusion(
@@ -318,37 +365,38 @@ def hybrid_semantic_fusion(
     clusters: int = 20,
     topk_factor: int = 5,
     seed: int | None = 111,
+    kmeans: str = "sklearn",
 ) -> HSFResult:
-    """AdaCLIP's HSF, code version: the mean of the KMeans centres of the most anomalous patches.
+    """AdaCLIP's HSF, code version: the mean of the k-means centres of the most anomalous patches.
 
     Args:
         patch_features: per tap layer, (B, N, D) normalised projected patch tokens.
         patch_probs: (B, N) patch-level abnormal probability (``softmax(mean_l logit_l)[abnormal]``).
         clusters: K; lowered to k (the number of selected patches) when larger.
         topk_factor: k = min(N, topk_factor * K) patches are clustered.
-        seed: KMeans ``random_state`` (None: numpy's global RNG).
+        seed: scikit-learn KMeans ``random_state`` (None: numpy's global RNG).
+        kmeans: "sklearn" (the authors' KMeans, on the host) or "torch" (:func:`torch_kmeans`).
+    Each centre is the mean of its patches' rows over all layers; clusters left empty are skipped.
     """
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-
+    if kmeans not in KMEANS_BACKENDS:
+        raise ValueError(f"unknown k-means backend {kmeans!r}; choose from {KMEANS_BACKENDS}")
     stacked = torch.stack(list(patch_features), dim=1)  # (B, L, N, D)
     batch, num_layers, num_patches, dim = stacked.shape
     k = min(num_patches, topk_factor * clusters)
     num_clusters = min(clusters, k)
     top = torch.topk(patch_probs, k=k, dim=1).indices  # (B, k)
-    embeddings, all_indices, all_labels = [], [], []
-    for b in range(batch):
-        selected = stacked[b][:, top[b]]  # (L, k, D)
-        data = selected.detach().transpose(0, 1).reshape(k, num_layers * dim).float().cpu().numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than clusters
-            labels = KMeans(n_clusters=num_clusters, n_init="auto", random_state=seed).fit_predict(data)
-        label_tensor = torch.from_numpy(labels).to(selected.device)
-        centres = [selected[:, label_tensor == c].reshape(-1, dim).mean(0) for c in np.unique(labels)]
-        embeddings.append(torch.stack(centres).mean(0))
-        all_indices.append(top[b].cpu().numpy())
-        all_labels.append(labels)
-    return HSFResult(F.normalize(torch.stack(embeddings), dim=-1), all_indices, all_labels)
+    selected = stacked.gather(2, top[:, None, :, None].expand(batch, num_layers, k, dim))  # (B, L, k, D)
+    rows = selected.transpose(1, 2).reshape(batch, k, num_layers * dim)
+    if kmeans == "torch":
+        labels = torch_kmeans(rows.detach().float(), num_clusters)
+    else:
+        labels = _sklearn_kmeans(rows, num_clusters, seed)
+    one_hot = F.one_hot(labels, num_clusters).to(selected.dtype)  # (B, k, K)
+    counts = one_hot.sum(1)  # (B, K)
+    centres = torch.einsum("bkc,blkd->bcd", one_hot, selected) / (counts * num_layers).clamp_min(1.0).unsqueeze(-1)
+    present = (counts > 0).to(selected.dtype)
+    embedding = (centres * present.unsqueeze(-1)).sum(1) / present.sum(1, keepdim=True)
+    return HSFResult(F.normalize(embedding, dim=-1), top, labels)
 
 
 # ------------------------------------------------------------------------------------ text and data
@@ -359,7 +407,8 @@ class AdaCLIPText:
     Attributes:
         class_name: the class name as put into the prompts ('-' replaced by ' ').
         prompts: the prompt set.
-        token_ids: (P, context) token ids, normal sentences first.
+        token_ids: (P, L) token ids, normal sentences first, cut after the longest sentence's
+            end-of-text token (at least 1 + M positions).
         num_normal: number of normal sentences.
         fixed_anchors: (D, 2) anchors when they do not depend on the learned parts (text branch
             not prompted), else None.
@@ -400,115 +449,27 @@ class AdaCLIPFeatures:
 
 
 # ---------------------------------------------------------------------------------------- detector
-@register_method("adaclip")
-class AdaCLIP(LearnableDetector):
-    """AdaCLIP: hybrid static/dynamic prompts in both CLIP towers, projections, HSF image score."""
+class AdaCLIPModel(AnomalyModel):
+    """AdaCLIP's torch model: ``forward(pixels, text)`` with ``text`` an :class:`AdaCLIPText`.
 
-    info = MethodInfo(
-        id="adaclip",
-        name="AdaCLIP",
-        paper="Cao et al., AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly "
-        "Detection, ECCV 2024 (arXiv 2407.15795)",
-        training_free=False,
-        default_model=AdaCLIPConfig.model,
-        image_size=AdaCLIPConfig.image_size,
-        map_range=(0.0, 1.0),
-        description="static + image-conditioned prompts in both towers, learned projections, "
-        "hybrid semantic fusion image score",
-    )
-    config_class = AdaCLIPConfig
-    default_prompts = ADACLIP_PROMPTS
-    default_optimizer = {"name": "adamw", "lr": 0.01, "betas": (0.5, 0.999)}
-    default_epochs = 5
-    default_batch_size = 1
-    default_seed = 111
-    default_mosaic_prob = 0.2
+    Holds the frozen backbone, the trained :class:`AdaCLIPParameters` (``learned``) and the tap
+    layers. With image-dependent text prompts the text tower runs inside ``forward``, once per
+    image. The HSF image score clusters with scikit-learn's KMeans on the host by default (as the
+    authors); ``hsf_kmeans="torch"`` keeps it on the device (see :func:`torch_kmeans`).
+    """
+
     config: AdaCLIPConfig
-    learned: AdaCLIPParameters
 
-    def __init__(self, config: AdaCLIPConfig, backbone: ClipBackbone) -> None:
-        super().__init__(config, backbone)
-        layers = self.tap_layers
-        if max(layers) > backbone.num_layers:
-            raise ValueError(f"tap layers {layers} do not fit a {backbone.num_layers}-block image tower")
-        text_blocks = len(backbone.text_blocks)
-        if config.prompt_depth > min(backbone.num_layers, text_blocks):
-            raise ValueError(
-                f"prompt_depth {config.prompt_depth} is deeper than the towers ({backbone.num_layers} image, "
-                f"{text_blocks} text blocks)"
-            )
-        context = int(backbone.model.positional_embedding.shape[0])
-        if config.prompt_length + 1 >= context:
-            raise ValueError(f"prompt_length {config.prompt_length} does not fit the {context}-token text context")
-        self.learned = AdaCLIPParameters(
-            vision_width=backbone.width,
-            text_width=backbone.text_width,
-            embed_dim=backbone.embed_dim,
-            num_taps=len(layers),
-            prompt_length=config.prompt_length,
-            prompt_depth=config.prompt_depth,
-            prompt_type=config.prompt_type,
-            branches=config.branches,
-            seed=config.seed,
-        ).to(self.device)
-        self._static_text_cache: dict[tuple, torch.Tensor] = {}
-
-    # ----------------------------------------------------------------------------------- settings
-    def setting_metadata(self) -> dict[str, str]:
-        config = self.config
-        return {
-            **super().setting_metadata(),
-            "prompt_length": str(config.prompt_length),
-            "prompt_depth": str(config.prompt_depth),
-            "prompt_type": config.prompt_type,
-            "branches": config.branches,
-            "use_hsf": "true" if config.use_hsf else "false",
-            "hsf_clusters": str(config.hsf_clusters),
-            "hsf_topk_factor": str(config.hsf_topk_factor),
-            "hsf_alpha": repr(float(config.hsf_alpha)),
-        }
-
-    def convert_foreign_state_dict(self, state_dict: dict) -> dict[str, torch.Tensor]:
-        """Map the authors' ``.pth`` keys to :class:`AdaCLIPParameters` names.
-
-        The authors' model always builds both dynamic generators when ``prompt_type`` has "D", even
-        for a tower without prompts; those unused generators are dropped here when this detector's
-        ``branches`` leaves that tower out.
-        """
-        keys = list(state_dict)
-        if not any(any(part in key for part in AUTHORS_KEY_PREFIXES) for key in keys):
-            raise CheckpointMismatchError(
-                f"adaclip: unknown checkpoint format (keys {sorted(keys)[:6]}...); expected a .safetensors file "
-                "written by zsad or the authors' AdaCLIP .pth (keys like 'clip_model.text_prompter.static_prompts.0')"
-            )
-        converted = convert_authors_state_dict(state_dict)
-        for name, module in (
-            ("visual_prompt_generator.", self.learned.visual_prompt_generator),
-            ("text_prompt_generator.", self.learned.text_prompt_generator),
-        ):
-            if module is None:
-                converted = {key: value for key, value in converted.items() if not key.startswith(name)}
-        return {key: value.float() if isinstance(value, torch.Tensor) else value for key, value in converted.items()}
+    def __init__(
+        self, backbone: ClipBackbone, config: AdaCLIPConfig, learned: AdaCLIPParameters, tap_layers: tuple[int, ...]
+    ) -> None:
+        super().__init__(backbone, config)
+        self.learned = learned
+        self.tap_layers = tap_layers
+        self._static_text_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------- text
-    def _text_for(self, class_name: str, prompts: PromptSet) -> AdaCLIPText:
-        name = " ".join(class_name.replace("-", " ").split())
-        normal, abnormal = prompts.sentences(name)
-        fixed = None
-        if not self.learned.text_prompted:
-            fixed = text_anchors(self.backbone, name, prompts, reducer="mean", method_id="adaclip")
-        return AdaCLIPText(
-            class_name=name,
-            prompts=prompts,
-            token_ids=self.backbone.tokenize(normal + abnormal),
-            num_normal=len(normal),
-            fixed_anchors=fixed,
-        )
-
-    def _prepare_text(self, class_name: str, prompts: PromptSet) -> AdaCLIPText:
-        return self._text_for(class_name, prompts)
-
-    def _prompted_text_pass(
+    def prompted_text_pass(
         self, texts: Sequence[AdaCLIPText], dynamic_text: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text anchors with prompts: one text pass over all sentences of all ``texts``.
@@ -521,13 +482,14 @@ class AdaCLIP(LearnableDetector):
             have the same prompts here: one category per call).
         """
         learned, length = self.learned, self.config.prompt_length
-        counts = torch.tensor([len(text.token_ids) for text in texts], device=self.device)
-        ids = torch.cat([text.token_ids for text in texts]).to(self.device)
+        counts = [len(text.token_ids) for text in texts]  # python ints: no host read, exportable
+        width = max(text.token_ids.shape[1] for text in texts)
+        ids = torch.cat([F.pad(text.token_ids, (0, width - text.token_ids.shape[1])) for text in texts]).to(self.device)
         per_block: dict[int, torch.Tensor] = {}
         for block in range(1, self.config.prompt_depth):
             prompt = learned.text_prompt(block, dynamic_text)  # (len(texts) or 1, M, C_t)
             prompt = prompt.expand(len(texts), -1, -1) if prompt.shape[0] == 1 else prompt
-            per_block[block] = torch.repeat_interleave(prompt, counts, dim=0)
+            per_block[block] = torch.cat([prompt[i : i + 1].expand(n, -1, -1) for i, n in enumerate(counts)])
 
         def insert_prompts(block: int, x: torch.Tensor) -> torch.Tensor:
             if block not in per_block:
@@ -535,10 +497,10 @@ class AdaCLIP(LearnableDetector):
             tokens = self._as_inserted(per_block[block], x.dtype)
             return torch.cat([x[:, :1], tokens, x[:, 1 + length :]], dim=1)
 
-        embeddings = self.backbone.text_forward(ids, hook=insert_prompts, min_length=1 + length).float()
+        embeddings = self.backbone.text_forward(ids, hook=insert_prompts, min_length=width).float()
         embeddings = F.normalize(embeddings, dim=-1)
         anchors, sentences = [], []
-        for text, chunk in zip(texts, embeddings.split(counts.tolist())):
+        for text, chunk in zip(texts, embeddings.split(counts)):
             normal = F.normalize(chunk[: text.num_normal].mean(0), dim=-1)
             abnormal = F.normalize(chunk[text.num_normal :].mean(0), dim=-1)
             anchors.append(torch.stack([normal, abnormal], dim=1))
@@ -546,11 +508,11 @@ class AdaCLIP(LearnableDetector):
         same_size = len({len(chunk) for chunk in sentences}) == 1
         return torch.stack(anchors), torch.stack(sentences) if same_size else torch.empty(0)
 
-    def _static_text_pass(self, text: AdaCLIPText) -> tuple[torch.Tensor, torch.Tensor]:
+    def static_text_pass(self, text: AdaCLIPText) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, 2) anchors and (P, D) sentence embeddings with static text prompts only; cached while
         the prompts are unchanged."""
         if torch.is_grad_enabled():
-            anchors, sentences = self._prompted_text_pass([text], None)
+            anchors, sentences = self.prompted_text_pass([text], None)
             return anchors[0], sentences[0]
         params = self.learned.text_static_prompts
         state = tuple((p.data_ptr(), p._version) for p in params) if params is not None else ()
@@ -559,30 +521,13 @@ class AdaCLIP(LearnableDetector):
         if cached is None:
             if len(self._static_text_cache) >= 64:
                 self._static_text_cache.clear()
-            anchors, sentences = self._prompted_text_pass([text], None)
+            anchors, sentences = self.prompted_text_pass([text], None)
             cached = self._static_text_cache[key] = (anchors[0], sentences[0])
         return cached
 
-    def _static_text_anchors(self, text: AdaCLIPText) -> torch.Tensor:
-        """(D, 2) anchors with static text prompts only (see :meth:`_static_text_pass`)."""
-        return self._static_text_pass(text)[0]
-
-    text_reducer = "mean"
-    text_logit_scale = LOGIT_SCALE
-
-    @property
-    def text_score_name(self) -> str:  # type: ignore[override]
-        if self.config.use_hsf:
-            return "image score (the HSF-fused image embedding held fixed)"
-        return "image score"
-
-    def sentence_features(self, prepared: PreparedText) -> torch.Tensor:
-        """(P, D) sentence embeddings of the category when they do not depend on the image."""
-        text: AdaCLIPText = prepared.features
-        if self.learned.text_prompted:
-            return self._static_text_pass(text)[1]
-        return sentence_embeddings(self.backbone, text.class_name, text.prompts)
-
+    def static_text_anchors(self, text: AdaCLIPText) -> torch.Tensor:
+        """(D, 2) anchors with static text prompts only (see :meth:`static_text_pass`)."""
+        return self.static_text_pass(text)[0]
     def text_features(
         self, texts: Sequence[AdaCLIPText], dynamic_text: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -602,9 +547,9 @@ class AdaCLIP(LearnableDetector):
             for text in texts:
                 key = (text.class_name, text.prompts)
                 if key not in unique:
-                    unique[key] = self._static_text_anchors(text)
+                    unique[key] = self.static_text_anchors(text)
             return torch.stack([unique[(text.class_name, text.prompts)] for text in texts]), None
-        return self._prompted_text_pass(texts, dynamic_text)
+        return self.prompted_text_pass(texts, dynamic_text)
 
     # ------------------------------------------------------------------------------------ image
     def _as_inserted(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -698,7 +643,12 @@ class AdaCLIP(LearnableDetector):
             return features.global_feature, None
         patch_probs = torch.stack(list(logits)).mean(0).softmax(dim=-1)[..., 1]
         fusion = hybrid_semantic_fusion(
-            features.patch_features, patch_probs, config.hsf_clusters, config.hsf_topk_factor, config.hsf_seed
+            features.patch_features,
+            patch_probs,
+            config.hsf_clusters,
+            config.hsf_topk_factor,
+            config.hsf_seed,
+            config.hsf_kmeans,
         )
         mixed = config.hsf_alpha * fusion.embedding + (1.0 - config.hsf_alpha) * features.global_feature
         return F.normalize(mixed, dim=-1), fusion
@@ -711,22 +661,153 @@ class AdaCLIP(LearnableDetector):
         scores = LOGIT_SCALE * torch.bmm(image_feature.unsqueeze(1), features.text).squeeze(1)
         return scores.softmax(dim=-1), fusion
 
-    # ---------------------------------------------------------------------------------- predict
-    def predict(self, pixels: torch.Tensor, text: AdaCLIPText) -> Prediction:
+    # ---------------------------------------------------------------------------------- forward
+    def forward(self, pixels: torch.Tensor, text: AdaCLIPText) -> ModelOutput:
         features = self.extract_features(pixels, [text] * pixels.shape[0])
         logits = self.patch_logits(features)
         averaged = torch.stack(self.upsampled_logits(logits)).mean(0)  # (B, 2, S, S)
-        maps = gaussian_smooth(averaged.softmax(dim=1)[:, 1], self.config.sigma)
+        maps = gaussian_blur(averaged.softmax(dim=1)[:, 1], self.config.sigma)
         image_feature, _ = self.image_embedding(features, logits)
         image_probs = (LOGIT_SCALE * torch.bmm(image_feature.unsqueeze(1), features.text)).squeeze(1).softmax(dim=-1)
         global_probs = (LOGIT_SCALE * torch.bmm(features.global_feature.unsqueeze(1), features.text)).softmax(dim=-1)
-        return Prediction(
-            scores=image_probs[:, 1].detach().float().cpu().numpy().astype(np.float64),
+        return ModelOutput(
+            scores=image_probs[:, 1],
             maps=maps,
-            extras={"global_score": global_probs[:, 0, 1].detach().float().cpu().numpy().astype(np.float64)},
+            extras={"global_score": global_probs[:, 0, 1]},
             embeddings=image_feature,
             sentence_features=features.sentences,
         )
+
+
+@register_method("adaclip")
+class AdaCLIP(LearnableDetector):
+    """AdaCLIP: hybrid static/dynamic prompts in both CLIP towers, projections, HSF image score."""
+
+    info = MethodInfo(
+        id="adaclip",
+        name="AdaCLIP",
+        paper="Cao et al., AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly "
+        "Detection, ECCV 2024 (arXiv 2407.15795)",
+        training_free=False,
+        default_model=AdaCLIPConfig.model,
+        image_size=AdaCLIPConfig.image_size,
+        map_range=(0.0, 1.0),
+        description="static + image-conditioned prompts in both towers, learned projections, "
+        "hybrid semantic fusion image score",
+    )
+    config_class = AdaCLIPConfig
+    default_prompts = ADACLIP_PROMPTS
+    default_optimizer = {"name": "adamw", "lr": 0.01, "betas": (0.5, 0.999)}
+    default_epochs = 5
+    default_batch_size = 1
+    default_seed = 111
+    default_mosaic_prob = 0.2
+    config: AdaCLIPConfig
+    model: AdaCLIPModel
+
+    def build_model(self) -> AdaCLIPModel:
+        config, backbone = self.config, self.backbone
+        layers = tuple(int(layer) for layer in config.layers) if config.layers else backbone.default_layers()
+        if max(layers) > backbone.num_layers:
+            raise ValueError(f"tap layers {layers} do not fit a {backbone.num_layers}-block image tower")
+        text_blocks = len(backbone.text_blocks)
+        if config.prompt_depth > min(backbone.num_layers, text_blocks):
+            raise ValueError(
+                f"prompt_depth {config.prompt_depth} is deeper than the towers ({backbone.num_layers} image, "
+                f"{text_blocks} text blocks)"
+            )
+        context = int(backbone.model.positional_embedding.shape[0])
+        if config.prompt_length + 1 >= context:
+            raise ValueError(f"prompt_length {config.prompt_length} does not fit the {context}-token text context")
+        learned = AdaCLIPParameters(
+            vision_width=backbone.width,
+            text_width=backbone.text_width,
+            embed_dim=backbone.embed_dim,
+            num_taps=len(layers),
+            prompt_length=config.prompt_length,
+            prompt_depth=config.prompt_depth,
+            prompt_type=config.prompt_type,
+            branches=config.branches,
+            seed=config.seed,
+        ).to(backbone.device)
+        return AdaCLIPModel(backbone, config, learned, layers)
+
+    # ----------------------------------------------------------------------------------- settings
+    def setting_metadata(self) -> dict[str, str]:
+        config = self.config
+        return {
+            **super().setting_metadata(),
+            "prompt_length": str(config.prompt_length),
+            "prompt_depth": str(config.prompt_depth),
+            "prompt_type": config.prompt_type,
+            "branches": config.branches,
+            "use_hsf": "true" if config.use_hsf else "false",
+            "hsf_clusters": str(config.hsf_clusters),
+            "hsf_topk_factor": str(config.hsf_topk_factor),
+            "hsf_alpha": repr(float(config.hsf_alpha)),
+        }
+
+    def convert_foreign_state_dict(self, state_dict: dict) -> dict[str, torch.Tensor]:
+        """Map the authors' ``.pth`` keys to :class:`AdaCLIPParameters` names.
+
+        The authors' model always builds both dynamic generators when ``prompt_type`` has "D", even
+        for a tower without prompts; those unused generators are dropped here when this detector's
+        ``branches`` leaves that tower out.
+        """
+        keys = list(state_dict)
+        if not any(any(part in key for part in AUTHORS_KEY_PREFIXES) for key in keys):
+            raise CheckpointMismatchError(
+                f"adaclip: unknown checkpoint format (keys {sorted(keys)[:6]}...); expected a .safetensors file "
+                "written by zsad or the authors' AdaCLIP .pth (keys like 'clip_model.text_prompter.static_prompts.0')"
+            )
+        converted = convert_authors_state_dict(state_dict)
+        for name, module in (
+            ("visual_prompt_generator.", self.learned.visual_prompt_generator),
+            ("text_prompt_generator.", self.learned.text_prompt_generator),
+        ):
+            if module is None:
+                converted = {key: value for key, value in converted.items() if not key.startswith(name)}
+        return {key: value.float() if isinstance(value, torch.Tensor) else value for key, value in converted.items()}
+
+    # ------------------------------------------------------------------------------------- text
+    def _text_for(self, class_name: str, prompts: PromptSet) -> AdaCLIPText:
+        name = " ".join(class_name.replace("-", " ").split())
+        normal, abnormal = prompts.sentences(name)
+        fixed = None
+        if not self.learned.text_prompted:
+            fixed = text_anchors(self.backbone, name, prompts, reducer="mean", method_id="adaclip")
+        token_ids = self.backbone.tokenize(normal + abnormal)
+        # Cut to the longest sentence (or the inserted prompts): the causal tower gives the same
+        # features, and the forward needs no host read of the ids (exportable).
+        length = max(int(token_ids.argmax(dim=-1).max()) + 1, 1 + self.config.prompt_length)
+        return AdaCLIPText(
+            class_name=name,
+            prompts=prompts,
+            token_ids=token_ids[:, :length],
+            num_normal=len(normal),
+            fixed_anchors=fixed,
+        )
+
+    def _prepare_text(self, class_name: str, prompts: PromptSet) -> AdaCLIPText:
+        return self._text_for(class_name, prompts)
+
+
+    text_reducer = "mean"
+    text_logit_scale = LOGIT_SCALE
+
+    @property
+    def text_score_name(self) -> str:  # type: ignore[override]
+        if self.config.use_hsf:
+            return "image score (the HSF-fused image embedding held fixed)"
+        return "image score"
+
+    def sentence_features(self, prepared: PreparedText) -> torch.Tensor:
+        """(P, D) sentence embeddings of the category when they do not depend on the image."""
+        text: AdaCLIPText = prepared.features
+        if self.learned.text_prompted:
+            return self.model.static_text_pass(text)[1]
+        return sentence_embeddings(self.backbone, text.class_name, text.prompts)
+
 
     # --------------------------------------------------------------------------------- training
     def training_forward(self, pixels: torch.Tensor, class_names: Sequence[str]) -> TrainingOutput:
@@ -742,10 +823,10 @@ class AdaCLIP(LearnableDetector):
             if name not in texts:
                 with torch.no_grad():
                     texts[name] = self._text_for(name, self.default_prompts)
-        features = self.extract_features(pixels, [texts[name] for name in class_names])
-        logits = self.patch_logits(features)
-        layer_probs = [layer.softmax(dim=1) for layer in self.upsampled_logits(logits)]
-        image_probs, _ = self.image_probabilities(features, logits)
+        features = self.model.extract_features(pixels, [texts[name] for name in class_names])
+        logits = self.model.patch_logits(features)
+        layer_probs = [layer.softmax(dim=1) for layer in self.model.upsampled_logits(logits)]
+        image_probs, _ = self.model.image_probabilities(features, logits)
         return TrainingOutput(layer_probs=layer_probs, image_probs=image_probs)
 
     def training_loss(self, output: TrainingOutput, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,18 @@
 """The detector interface every method implements: prepare once per category, detect many images.
 
-A method subclasses :class:`Detector` and implements two things:
+Each method has two parts, in the way anomalib separates its torch model from its wrapper and
+segment-anything ``Sam`` from its predictor:
 
-- ``_prepare_text(class_name, prompts)``: build the text side for a category (usually cached
-  text anchors) and return it; the base class keeps it.
-- ``predict(pixels, text)``: pure torch on a normalised (B, 3, S, S) batch, returning a
-  :class:`Prediction` with image scores and smoothed S x S maps.
+- an :class:`AnomalyModel`, a pure torch ``nn.Module``: ``model(pixels, text)`` maps a normalised
+  (B, 3, S, S) batch and the category's prepared text tensors to a :class:`ModelOutput` (image
+  scores and smoothed S x S maps) with no numpy, no scipy and no copy to the host, so it runs on any
+  device, in any precision, and exports (:mod:`zsad_core.export`);
+- a :class:`Detector`, the glue: ``_prepare_text(class_name, prompts)`` builds the text side of a
+  category (the base class keeps it), and the base class does everything else the same way for
+  every method, so maps are comparable: decoding and resizing (:mod:`zsad_core.preprocess`),
+  batching, resizing maps back to each input's own size, timings and the result type.
 
-The base class does everything else the same way for every method, so maps are comparable:
-decoding (:mod:`zsad_core.preprocess`), batching, resizing maps back to each input's own size
-(:mod:`zsad_core.postprocess`), timings and the result type. Methods never read files, never import
-a UI and never pick colours.
+Methods never read files, never import a UI and never pick colours.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from ..backbone import ClipBackbone
-from ..postprocess import resize_map
+from ..postprocess import resize_map_tensor
 from ..preprocess import ImageInput, images_to_batch, load_image
 from ..prompts import PromptSet, sentence_embeddings
 from ..types import AnomalyResult, MethodInfo, PromptEvidence
@@ -63,8 +66,49 @@ class MethodConfig:
 
 
 @dataclass
+class ModelOutput:
+    """Batch output of an :class:`AnomalyModel`; every tensor on the model's device.
+
+    Attributes:
+        scores: (B,) image scores.
+        maps: (B, S, S) float32 anomaly maps at the model input size, smoothed.
+        extras: name -> (B,) per-image values worth reporting (method specific).
+        embeddings: (B, D) unit image embeddings the text score compares with the anchors, or None.
+        sentence_features: (B, P, D) per-image sentence embeddings when the text side depends on the
+            image (AdaCLIP's dynamic prompts), else None.
+    """
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None
+    sentence_features: torch.Tensor | None = None
+
+
+class AnomalyModel(nn.Module):
+    """A method's pure torch part: ``forward(pixels, text) -> ModelOutput``.
+
+    ``pixels`` is a (B, 3, S, S) normalised batch on the model's device; ``text`` is what the
+    detector's ``_prepare_text`` returned for a category (``Detector.text_features``). Subclasses
+    hold the backbone (shared, frozen), the method's config and any trained parts.
+    """
+
+    def __init__(self, backbone: ClipBackbone, config: MethodConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def forward(self, pixels: torch.Tensor, text: Any) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
 class Prediction:
-    """Batch output of :meth:`Detector.predict`.
+    """Batch output of :meth:`Detector.predict`: a :class:`ModelOutput` copied to the host.
 
     Attributes:
         scores: (B,) image scores.
@@ -81,6 +125,21 @@ class Prediction:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     embeddings: torch.Tensor | None = None
     sentence_features: torch.Tensor | None = None
+
+    @classmethod
+    def from_output(cls, output: ModelOutput) -> Prediction:
+        """Scores and extras as float64 numpy, maps as float32 numpy; embeddings stay tensors."""
+
+        def host(values: torch.Tensor, dtype: type) -> np.ndarray:
+            return values.detach().float().cpu().numpy().astype(dtype)
+
+        return cls(
+            scores=host(output.scores, np.float64),
+            maps=host(output.maps, np.float32),
+            extras={name: host(values, np.float64) for name, values in output.extras.items()},
+            embeddings=output.embeddings,
+            sentence_features=output.sentence_features,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,6 +165,11 @@ class Detector(ABC):
         self.config = config
         self.backbone = backbone
         self._prepared: PreparedText | None = None
+        self.model: AnomalyModel = self.build_model()
+
+    @abstractmethod
+    def build_model(self) -> AnomalyModel:
+        """The method's torch model on ``self.backbone`` (called once, at the end of ``__init__``)."""
 
     def __repr__(self) -> str:
         category = self._prepared.category if self._prepared else None
@@ -173,6 +237,37 @@ class Detector(ABC):
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> Any:
         """Compute (or fetch from the cache) the text features for a category."""
 
+    @property
+    def text_features(self) -> Any:
+        """The prepared category's text side, as :attr:`model` takes it (anchors (D, 2) for most methods).
+
+        Raises:
+            RuntimeError: :meth:`prepare` was not called.
+        """
+        return self._require_prepared().features
+
+    def use_text_features(self, category: str, features: Any, prompts: PromptSet | None = None) -> Detector:
+        """Prepare with text features computed elsewhere (e.g. read from :attr:`text_features` of another run).
+
+        Args:
+            category: the class name they were built for (kept for results and reports).
+            features: what :attr:`text_features` returns for this method; tensors move to this device.
+            prompts: the prompts they came from (default: the method's paper prompts).
+        Returns:
+            self.
+        """
+        if isinstance(features, torch.Tensor):
+            features = features.to(self.device, torch.float32)
+        prompts = prompts if prompts is not None else self.default_prompts
+        self._prepared = PreparedText(category=" ".join(category.split()), prompts=prompts, features=features)
+        return self
+
+    def _require_prepared(self) -> PreparedText:
+        prepared = self._prepared  # read once: a concurrent prepare() must not mix categories
+        if prepared is None:
+            raise RuntimeError(f"{self.method_id}: call prepare(category) before detect()")
+        return prepared
+
     # ------------------------------------------------------------------------------ text evidence
     @property
     def text_reducer(self) -> str:
@@ -214,14 +309,25 @@ class Detector(ABC):
         ]
 
     # ------------------------------------------------------------------------------------- detect
-    @abstractmethod
-    def predict(self, pixels: torch.Tensor, text: Any) -> Prediction:
-        """Score a normalised batch.
+    def preprocess(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images (decoded RGB PIL images, or anything :func:`load_image` takes) -> ((B, 3, S, S)
+        normalised batch on the CPU, [(H, W), ...] sizes), as :meth:`detect` feeds :attr:`model`."""
+        decoded = [image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image) for image in images]
+        mean, std = self.backbone.mean_std
+        return images_to_batch(decoded, self.config.image_size, mean, std)
+
+    @torch.no_grad()
+    def predict(self, pixels: torch.Tensor, text: Any = None) -> Prediction:
+        """Score an already-normalised batch (e.g. from your own data pipeline or :meth:`preprocess`).
 
         Args:
-            pixels: (B, 3, S, S) float32 batch on the backbone's device.
-            text: what ``_prepare_text`` returned.
+            pixels: (B, 3, S, S) normalised batch (moved to the model's device).
+            text: text features (:attr:`text_features`); default: the prepared category's.
+        Returns:
+            :class:`Prediction` at the model input size S (not resized to any image size).
         """
+        text = self.text_features if text is None else text
+        return Prediction.from_output(self.model(pixels.to(self.device), text))
 
     @torch.no_grad()
     def detect(
@@ -244,32 +350,32 @@ class Detector(ABC):
             RuntimeError: :meth:`prepare` was not called.
             zsad_core.preprocess.ImageError: an image cannot be decoded.
         """
-        prepared = self._prepared  # read once: a concurrent prepare() must not mix categories
-        if prepared is None:
-            raise RuntimeError(f"{self.method_id}: call prepare(category) before detect()")
+        prepared = self._require_prepared()
         single = isinstance(images, (str, bytes, Image.Image, np.ndarray)) or hasattr(images, "__fspath__")
         items = [images] if single else list(images)
         batch_size = batch_size or self.config.batch_size
         results: list[AnomalyResult] = []
-        mean, std = self.backbone.mean_std
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             began = time.perf_counter()
             decoded = [load_image(item) for item in chunk]
-            pixels, sizes = images_to_batch(decoded, self.config.image_size, mean, std)
+            pixels, sizes = self.preprocess(decoded)
             pixels = pixels.to(self.device)
             prepared_at = time.perf_counter()
-            prediction = self.predict(pixels, prepared.features)
+            output = self.model(pixels, prepared.features)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             predicted_at = time.perf_counter()
+            # Maps go back to each image's size on the model's device; one copy to the host at the end.
+            resized = [resize_map_tensor(output.maps[index], size).cpu().numpy() for index, size in enumerate(sizes)]
+            prediction = Prediction.from_output(output)
             evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
-            for index, size in enumerate(sizes):
-                model_map = np.asarray(prediction.maps[index], dtype=np.float32)
+            for index in range(len(sizes)):
+                model_map = prediction.maps[index]
                 results.append(
                     AnomalyResult(
                         score=float(prediction.scores[index]),
-                        anomaly_map=resize_map(model_map, size),
+                        anomaly_map=resized[index],
                         method=self.method_id,
                         category=prepared.category,
                         model_map=model_map,

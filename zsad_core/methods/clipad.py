@@ -63,11 +63,11 @@ from torch import nn
 
 from ..backbone import ClipBackbone
 from ..losses import dice_loss, focal_loss
-from ..postprocess import gaussian_smooth, upsample_patch_maps
+from ..postprocess import gaussian_blur, upsample_patch_maps
 from ..prompts import CLIPAD_PROMPTS, PromptSet, reduce_mean_normalized, register_reducer, text_anchors
 from ..registry import register_method
 from ..types import AnomalyResult, MethodInfo
-from .base import Detector, MethodConfig, Prediction
+from .base import AnomalyModel, Detector, MethodConfig, ModelOutput
 from .learnable import CheckpointMismatchError, LearnableDetector, TrainingOutput
 
 RVS_METHODS = ("mean", "pca", "kde", "dbscan", "mean_shift")
@@ -235,38 +235,15 @@ class SDPConfig(MethodConfig):
     map_score_scale: float = 0.01
 
 
-@register_method("sdp")
-class SDP(Detector):
-    """CLIP-AD's training-free Staged Dual-Path model. See the module docstring."""
+class SDPModel(AnomalyModel):
+    """SDP's torch model: ``forward(pixels, anchors)`` with anchors (D, 2), the RVS vectors."""
 
-    info = MethodInfo(
-        id="sdp",
-        name="CLIP-AD SDP",
-        paper="Chen et al., CLIP-AD: A Language-Guided Staged Dual-Path Model for Zero-shot Anomaly "
-        "Detection, arXiv 2311.00453 (2023)",
-        training_free=True,
-        default_model=SDPConfig.model,
-        image_size=SDPConfig.image_size,
-        map_range=(-4.0, 4.0),
-        description="representative text vectors, staged v-v surgery path, feature surgery",
-    )
-    config_class = SDPConfig
-    default_prompts = CLIPAD_PROMPTS
     config: SDPConfig
+    text_logit_scale = 100.0
 
     @property
     def stage_ends(self) -> tuple[int, ...]:
         return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers()
-
-    text_score_name = "p_cls, the class-token part of the image score (the map maximum is the other part)"
-    text_logit_scale = 100.0
-
-    @property
-    def text_reducer(self) -> str:
-        return rvs_reducer_name(self.config.rvs, self.config.rvs_eps, self.config.rvs_min_samples)
-
-    def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
-        return text_anchors(self.backbone, class_name, prompts, reducer=self.text_reducer, method_id="clipad")
 
     def surgery_similarity(self, pixels: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, DualPathOutput]:
         """Summed feature-surgery similarities over the stages, (B, 1+N, 2), and the raw path outputs."""
@@ -289,18 +266,59 @@ class SDP(Detector):
         patch_map = similarity[:, 1:, 1].reshape(-1, grid, grid)
         return upsample_patch_maps(patch_map, self.config.image_size)
 
-    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
-        similarity, paths = self.surgery_similarity(pixels, text)
-        maps = gaussian_smooth(self.unsmoothed_map(similarity), self.config.sigma)
-        return self._scored(maps, self.class_probability(paths, text), self.class_embedding(paths))
-
-    def _scored(self, maps: np.ndarray, p_cls: torch.Tensor, embeddings: torch.Tensor) -> Prediction:
-        p_cls_np = p_cls.float().cpu().numpy().astype(np.float64)
-        p_max = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
-        single = 0.5 * p_cls_np + 0.5 / (1.0 + np.exp(-p_max / self.config.map_score_scale))
-        return Prediction(
-            scores=single, maps=maps, extras={"p_cls": p_cls_np, "p_max": p_max}, embeddings=embeddings
+    def scored(self, maps: torch.Tensor, paths: DualPathOutput, anchors: torch.Tensor) -> ModelOutput:
+        """Smoothed (B, S, S) maps -> the output with the single-image stand-in score (module docstring)."""
+        p_cls = self.class_probability(paths, anchors)
+        p_max = maps.flatten(1).amax(dim=1)
+        single = 0.5 * p_cls + 0.5 * torch.sigmoid(p_max / self.config.map_score_scale)
+        return ModelOutput(
+            scores=single,
+            maps=maps,
+            extras={"p_cls": p_cls, "p_max": p_max},
+            embeddings=self.class_embedding(paths),
         )
+
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> ModelOutput:
+        similarity, paths = self.surgery_similarity(pixels, text)
+        return self.scored(gaussian_blur(self.unsmoothed_map(similarity), self.config.sigma), paths, text)
+
+
+@register_method("sdp")
+class SDP(Detector):
+    """CLIP-AD's training-free Staged Dual-Path model. See the module docstring."""
+
+    info = MethodInfo(
+        id="sdp",
+        name="CLIP-AD SDP",
+        paper="Chen et al., CLIP-AD: A Language-Guided Staged Dual-Path Model for Zero-shot Anomaly "
+        "Detection, arXiv 2311.00453 (2023)",
+        training_free=True,
+        default_model=SDPConfig.model,
+        image_size=SDPConfig.image_size,
+        map_range=(-4.0, 4.0),
+        description="representative text vectors, staged v-v surgery path, feature surgery",
+    )
+    config_class = SDPConfig
+    default_prompts = CLIPAD_PROMPTS
+    config: SDPConfig
+    model: SDPModel
+
+    text_score_name = "p_cls, the class-token part of the image score (the map maximum is the other part)"
+    text_logit_scale = SDPModel.text_logit_scale
+
+    def build_model(self) -> SDPModel:
+        return SDPModel(self.backbone, self.config)
+
+    @property
+    def stage_ends(self) -> tuple[int, ...]:
+        return self.model.stage_ends
+
+    @property
+    def text_reducer(self) -> str:
+        return rvs_reducer_name(self.config.rvs, self.config.rvs_eps, self.config.rvs_min_samples)
+
+    def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
+        return text_anchors(self.backbone, class_name, prompts, reducer=self.text_reducer, method_id="clipad")
 
     def dataset_scores(self, results: Sequence[AnomalyResult]) -> np.ndarray:
         """The paper's image score: ``minmax(p_cls) + minmax(p_max)`` over one category's test set."""
@@ -337,6 +355,39 @@ class StageProjections(nn.Module):
         return [F.normalize(layer(x.float()), dim=-1) for layer, x in zip(self.fc, tokens)]
 
 
+class SDPPlusModel(SDPModel):
+    """SDP+'s torch model: SDP plus the trained :class:`StageProjections` (``learned``)."""
+
+    config: SDPPlusConfig
+
+    def __init__(self, backbone: ClipBackbone, config: SDPPlusConfig, learned: StageProjections) -> None:
+        super().__init__(backbone, config)
+        self.learned = learned
+
+    def stage_probabilities(self, original: Sequence[torch.Tensor], anchors: torch.Tensor) -> list[torch.Tensor]:
+        """Per stage, (B, 2, S, S) softmax probabilities (normal, abnormal) of the trained layers.
+
+        Args:
+            original: per stage, (B, 1+N, C) original-path tokens (:attr:`DualPathOutput.original`).
+            anchors: (D, 2) text anchors, or (B, D, 2) one set per image.
+        """
+        grid = self.backbone.grid_size
+        projected = self.learned([tokens[:, 1:] for tokens in original])
+        probabilities = []
+        for features in projected:
+            logits = 100.0 * features @ anchors.to(features.dtype)  # (B, N, 2)
+            logits = logits.transpose(1, 2).reshape(len(features), 2, grid, grid)
+            upsampled = upsample_patch_maps(logits, self.config.image_size, align_corners=True)
+            probabilities.append(upsampled.softmax(dim=1))
+        return probabilities
+
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> ModelOutput:
+        similarity, paths = self.surgery_similarity(pixels, text)
+        fine_tuned = sum(probs[:, 1] for probs in self.stage_probabilities(paths.original, text))
+        maps = gaussian_blur(self.unsmoothed_map(similarity) + fine_tuned, self.config.sigma)
+        return self.scored(maps, paths, text)
+
+
 @dataclass(frozen=True)
 class SDPPlusConfig(SDPConfig):
     """SDP+ settings; defaults are the official ``test_SDP_plus.sh`` MVTec AD configuration.
@@ -370,15 +421,17 @@ class SDPPlus(LearnableDetector, SDP):
     )
     config_class = SDPPlusConfig
     config: SDPPlusConfig
+    model: SDPPlusModel
     default_optimizer: ClassVar[dict[str, Any]] = {"name": "adam", "lr": 1e-4}
     default_epochs: ClassVar[int] = 5
     default_batch_size: ClassVar[int] = 8
     default_seed: ClassVar[int] = 42
     default_mosaic_prob: ClassVar[float] = 0.0
 
-    def __init__(self, config: SDPPlusConfig, backbone: ClipBackbone) -> None:
-        super().__init__(config, backbone)
-        self.learned = StageProjections(backbone.width, backbone.embed_dim, len(self.stage_ends)).to(self.device)
+    def build_model(self) -> SDPPlusModel:
+        stages = len(SDPModel(self.backbone, self.config).stage_ends)
+        learned = StageProjections(self.backbone.width, self.backbone.embed_dim, stages).to(self.backbone.device)
+        return SDPPlusModel(self.backbone, self.config, learned)
 
     def setting_metadata(self) -> dict[str, str]:
         return {**super().setting_metadata(), "reference_aliasing": json.dumps(self.config.reference_aliasing)}
@@ -387,36 +440,13 @@ class SDPPlus(LearnableDetector, SDP):
     def tap_layers(self) -> tuple[int, ...]:
         return self.stage_ends
 
-    def stage_probabilities(self, original: Sequence[torch.Tensor], anchors: torch.Tensor) -> list[torch.Tensor]:
-        """Per stage, (B, 2, S, S) softmax probabilities (normal, abnormal) of the trained layers.
-
-        Args:
-            original: per stage, (B, 1+N, C) original-path tokens (:attr:`DualPathOutput.original`).
-            anchors: (D, 2) text anchors, or (B, D, 2) one set per image.
-        """
-        grid = self.backbone.grid_size
-        projected = self.learned([tokens[:, 1:] for tokens in original])
-        probabilities = []
-        for features in projected:
-            logits = 100.0 * features @ anchors.to(features.dtype)  # (B, N, 2)
-            logits = logits.transpose(1, 2).reshape(len(features), 2, grid, grid)
-            upsampled = upsample_patch_maps(logits, self.config.image_size, align_corners=True)
-            probabilities.append(upsampled.softmax(dim=1))
-        return probabilities
-
-    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
-        similarity, paths = self.surgery_similarity(pixels, text)
-        fine_tuned = sum(probs[:, 1] for probs in self.stage_probabilities(paths.original, text))
-        maps = gaussian_smooth(self.unsmoothed_map(similarity) + fine_tuned, self.config.sigma)
-        return self._scored(maps, self.class_probability(paths, text), self.class_embedding(paths))
-
     # ------------------------------------------------------------------------------------ training
     def training_forward(self, pixels: torch.Tensor, class_names: Sequence[str]) -> TrainingOutput:
         with torch.autocast(device_type=pixels.device.type, enabled=False):  # cached anchors stay fp32
             anchors = torch.stack([self._prepare_text(name, self.default_prompts) for name in class_names])
         with torch.no_grad():
             paths = staged_dual_path(self.backbone, pixels, self.stage_ends, self.config.reference_aliasing)
-        return TrainingOutput(layer_probs=self.stage_probabilities(paths.original, anchors), image_probs=None)
+        return TrainingOutput(layer_probs=self.model.stage_probabilities(paths.original, anchors), image_probs=None)
 
     def training_loss(self, output: TrainingOutput, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``sum_s [focal(P_s, G) + dice(P_s[abnormal], G)]`` (no normal-channel dice, no image loss)."""

@@ -1,8 +1,9 @@
 """The interface of methods with trained parts (AdaCLIP, SDP+): checkpoints and the training hooks.
 
 A :class:`LearnableDetector` is a :class:`~zsad_core.methods.base.Detector` whose trained parameters
-live in one ``nn.Module``, ``self.learned``, built (with a seeded, deterministic initialisation) in
-the subclass's ``__init__``. The frozen CLIP backbone is never part of it.
+live in one ``nn.Module``, ``self.learned`` (its torch model's ``learned`` submodule), built with a
+seeded, deterministic initialisation in the subclass's ``build_model``. The frozen CLIP backbone is
+never part of it.
 
 Checkpoints (:meth:`LearnableDetector.save_checkpoint`) are safetensors files holding *only*
 ``self.learned``'s state dict, with string metadata:
@@ -83,10 +84,10 @@ def _metadata_string(value: Any) -> str:
 
 
 class LearnableDetector(Detector):
-    """A Detector with trained parameters in ``self.learned`` (an ``nn.Module`` built in ``__init__``).
+    """A Detector with trained parameters in ``self.learned`` (``self.model.learned``, an ``nn.Module``).
 
-    Subclasses build ``self.learned`` in ``__init__`` (after ``super().__init__``), seeded so that an
-    untrained detector is reproducible, on ``self.device`` in float32, and implement
+    Subclasses build the learned module in ``build_model`` as their model's ``learned``, seeded so
+    that an untrained detector is reproducible, on the backbone's device in float32, and implement
     :meth:`training_forward` and :meth:`training_loss`. Their config has a field
     ``checkpoint: str | None = None``, loaded by :func:`zsad_core.create_detector`.
 
@@ -99,7 +100,6 @@ class LearnableDetector(Detector):
             MVTec-format data (AdaCLIP 0.2; methods.md §2.9).
     """
 
-    learned: nn.Module
     default_optimizer: ClassVar[dict[str, Any]] = {"name": "adam", "lr": 1e-4}
     default_epochs: ClassVar[int] = 5
     default_batch_size: ClassVar[int] = 8
@@ -111,6 +111,11 @@ class LearnableDetector(Detector):
         self.trained = False  # set by load_checkpoint and by the trainer
         self.checkpoint_source: str | None = None
         self._warned_untrained = False
+
+    @property
+    def learned(self) -> nn.Module:
+        """The trained parameters (the torch model's ``learned`` submodule)."""
+        return self.model.learned
 
     # ----------------------------------------------------------------------------------- settings
     @property

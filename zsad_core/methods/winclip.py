@@ -22,15 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..postprocess import gaussian_smooth, upsample_patch_maps
+from ..backbone import ClipBackbone
+from ..postprocess import gaussian_blur, upsample_patch_maps
 from ..prompts import WINCLIP_PROMPTS, PromptSet, text_anchors
 from ..registry import register_method
 from ..types import MethodInfo
-from .base import Detector, MethodConfig, Prediction
+from .base import AnomalyModel, Detector, MethodConfig, ModelOutput
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,77 @@ def harmonic_window_aggregation(window_scores: torch.Tensor, windows: torch.Tens
     return torch.where(counts > 0, counts / inverse_sum, torch.zeros_like(inverse_sum))
 
 
+class WinCLIPModel(AnomalyModel):
+    """WinCLIP's torch model: ``forward(pixels, anchors)`` with anchors (D, 2) from :func:`text_anchors`.
+
+    The windows of each scale and the patches they cover are fixed by the grid, so they are
+    buffers built once (nothing is computed on the host per call).
+    """
+
+    config: WinCLIPConfig
+
+    def __init__(self, backbone: ClipBackbone, config: WinCLIPConfig) -> None:
+        super().__init__(backbone, config)
+        grid = backbone.grid_size
+        for scale in config.scales:
+            windows = window_indices(grid, scale)
+            self.register_buffer(f"windows_{scale}", windows.to(backbone.device), persistent=False)
+
+    def windows(self, scale: int) -> torch.Tensor:
+        """(n_windows, scale**2) patch indices of the windows of one scale."""
+        return getattr(self, f"windows_{scale}")
+
+    def class_scores(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """(..., D) embeddings -> (...) abnormal probability ``softmax(cos / tau)[1]``."""
+        logits = F.normalize(embeddings.float(), dim=-1) @ anchors / self.config.temperature
+        return logits.softmax(dim=-1)[..., 1]
+
+    def window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Embeddings of every window of every image.
+
+        Args:
+            tokens: (B, 1+N, C) patch embedding with positional embedding (before ``ln_pre``).
+            windows: (n_windows, k*k) patch indices.
+        Returns:
+            (B, n_windows, D) window embeddings.
+        """
+        backbone = self.backbone
+        batch, n_windows = tokens.shape[0], windows.shape[0]
+        cls_index = torch.zeros(n_windows, 1, dtype=windows.dtype, device=windows.device)
+        index = torch.cat([cls_index, windows + 1], dim=1).to(tokens.device)
+        sequences = tokens[:, index].flatten(0, 1)  # (B * n_windows, 1 + k*k, C)
+        outputs = []
+        for start in range(0, sequences.shape[0], self.config.window_batch):
+            x = backbone.visual.ln_pre(sequences[start : start + self.config.window_batch])
+            for block in backbone.blocks:
+                x = block(x)
+            outputs.append(backbone.pool(x))
+        return torch.cat(outputs).view(batch, n_windows, -1)
+
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> ModelOutput:
+        backbone = self.backbone
+        grid = backbone.grid_size
+        tokens = backbone.embed_patches(pixels)
+        x = backbone.visual.ln_pre(tokens)
+        for block in backbone.blocks:
+            x = block(x)
+        pooled = backbone.pool(x)
+        image_scores = self.class_scores(pooled, text)  # (B,)
+
+        inverse = (1.0 / image_scores)[:, None]  # the image score is the coarsest "scale"
+        for scale in self.config.scales:
+            windows = self.windows(scale)
+            scores = self.class_scores(self.window_embeddings(tokens, windows), text)
+            inverse = inverse + 1.0 / harmonic_window_aggregation(scores, windows, grid * grid)
+        patch_map = (len(self.config.scales) + 1) / inverse
+        maps = upsample_patch_maps(patch_map.view(-1, grid, grid), self.config.image_size)
+        return ModelOutput(
+            scores=image_scores,
+            maps=gaussian_blur(maps, self.config.sigma),
+            embeddings=F.normalize(pooled.float(), dim=-1),
+        )
+
+
 @register_method("winclip")
 class WinCLIP(Detector):
     """Zero-shot WinCLIP. See the module docstring for the algorithm and references."""
@@ -98,6 +169,7 @@ class WinCLIP(Detector):
     config_class = WinCLIPConfig
     default_prompts = WINCLIP_PROMPTS
     config: WinCLIPConfig
+    model: WinCLIPModel
 
     text_reducer = "mean_raw"
 
@@ -105,54 +177,8 @@ class WinCLIP(Detector):
     def text_logit_scale(self) -> float:
         return 1.0 / self.config.temperature
 
+    def build_model(self) -> WinCLIPModel:
+        return WinCLIPModel(self.backbone, self.config)
+
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
         return text_anchors(self.backbone, class_name, prompts, reducer=self.text_reducer, method_id=self.method_id)
-
-    def _class_scores(self, embeddings: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """(..., D) embeddings -> (...) abnormal probability ``softmax(cos / tau)[1]``."""
-        logits = F.normalize(embeddings.float(), dim=-1) @ anchors / self.config.temperature
-        return logits.softmax(dim=-1)[..., 1]
-
-    def window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """Embeddings of every window of every image.
-
-        Args:
-            tokens: (B, 1+N, C) patch embedding with positional embedding (before ``ln_pre``).
-            windows: (n_windows, k*k) patch indices.
-        Returns:
-            (B, n_windows, D) window embeddings.
-        """
-        backbone = self.backbone
-        batch, n_windows = tokens.shape[0], windows.shape[0]
-        index = torch.cat([torch.zeros(n_windows, 1, dtype=torch.long), windows + 1], dim=1).to(tokens.device)
-        sequences = tokens[:, index].flatten(0, 1)  # (B * n_windows, 1 + k*k, C)
-        outputs = []
-        for start in range(0, sequences.shape[0], self.config.window_batch):
-            x = backbone.visual.ln_pre(sequences[start : start + self.config.window_batch])
-            for block in backbone.blocks:
-                x = block(x)
-            outputs.append(backbone.pool(x))
-        return torch.cat(outputs).view(batch, n_windows, -1)
-
-    def predict(self, pixels: torch.Tensor, text: torch.Tensor) -> Prediction:
-        backbone = self.backbone
-        grid = backbone.grid_size
-        tokens = backbone.embed_patches(pixels)
-        x = backbone.visual.ln_pre(tokens)
-        for block in backbone.blocks:
-            x = block(x)
-        pooled = backbone.pool(x)
-        image_scores = self._class_scores(pooled, text)  # (B,)
-
-        inverse = (1.0 / image_scores)[:, None]  # the image score is the coarsest "scale"
-        for scale in self.config.scales:
-            windows = window_indices(grid, scale)
-            scores = self._class_scores(self.window_embeddings(tokens, windows), text)
-            inverse = inverse + 1.0 / harmonic_window_aggregation(scores, windows, grid * grid)
-        patch_map = (len(self.config.scales) + 1) / inverse
-        maps = upsample_patch_maps(patch_map.view(-1, grid, grid), self.config.image_size)
-        return Prediction(
-            scores=image_scores.cpu().numpy().astype(np.float64),
-            maps=gaussian_smooth(maps, self.config.sigma),
-            embeddings=F.normalize(pooled.float(), dim=-1),
-        )
