@@ -367,6 +367,22 @@ class VisualOutput:
     tokens: dict[int, torch.Tensor]
 
 
+@dataclass
+class PlainPass:
+    """The unchanged image-tower forward, with every residual stream kept (see :meth:`ClipBackbone.plain_pass`).
+
+    Attributes:
+        embedded: (B, 1+N, C) patch embedding with class token and positional embedding, before ``ln_pre``.
+        stream: ``stream[i]`` (B, 1+N, C) is the input of block i (0-based; ``stream[0]`` is
+            ``ln_pre(embedded)``), ``stream[-1]`` the last block's output.
+        pooled: (B, D) global embedding ``ln_post(stream[-1][:, 0]) @ proj``, not normalised.
+    """
+
+    embedded: torch.Tensor
+    stream: list[torch.Tensor]
+    pooled: torch.Tensor
+
+
 class ClipBackbone(nn.Module):
     """A frozen open_clip CLIP model plus the accessors the methods use to walk its blocks.
 
@@ -476,6 +492,22 @@ class ClipBackbone(nn.Module):
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         return torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
 
+    def plain_pass(self, pixels: torch.Tensor) -> PlainPass:
+        """The unchanged image tower, block by block, keeping every residual stream.
+
+        Every method that needs the plain forward (WinCLIP's image pass, SDP's original path,
+        AdaCLIP's un-prompted pass for its dynamic prompts) takes it from here, so methods run
+        together can share one pass and get exactly what they get alone.
+
+        Args:
+            pixels: (B, 3, S, S) normalised images.
+        """
+        embedded = self.embed_patches(pixels)
+        stream = [self.visual.ln_pre(embedded)]
+        for block in self.blocks:
+            stream.append(block(stream[-1]))
+        return PlainPass(embedded=embedded, stream=stream, pooled=self.pool(stream[-1]))
+
     def encode_image(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> VisualOutput:
         """Standard forward with intermediate tokens from ``layers`` (1-based), via open_clip.
 
@@ -520,6 +552,16 @@ class ClipBackbone(nn.Module):
         batch, length, _ = hidden.shape
         qkv = qkv.reshape(batch, length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
+
+    @staticmethod
+    def attention_value(block: ResidualAttentionBlock, hidden: torch.Tensor) -> torch.Tensor:
+        """Only the v projection of :meth:`attention_qkv` (a third of its work): (B, heads, L, C / heads)."""
+        attn = block.attn
+        width = hidden.shape[-1]
+        bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
+        value = F.linear(hidden, attn.in_proj_weight[2 * width :], bias)
+        batch, length, _ = hidden.shape
+        return value.reshape(batch, length, attn.num_heads, -1).transpose(1, 2)
 
     @staticmethod
     def attention_output(block: ResidualAttentionBlock, heads: torch.Tensor) -> torch.Tensor:

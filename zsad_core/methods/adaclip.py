@@ -87,7 +87,7 @@ from ..postprocess import gaussian_blur, upsample_patch_maps
 from ..prompts import ADACLIP_PROMPTS, PromptSet, sentence_embeddings, text_anchors
 from ..registry import register_method
 from ..types import MethodInfo
-from .base import AnomalyModel, MethodConfig, ModelOutput, PreparedText
+from .base import AnomalyModel, MethodConfig, ModelOutput, PreparedText, SharedPasses
 from .learnable import CheckpointMismatchError, LearnableDetector, TrainingOutput
 
 LOGIT_SCALE = 100.0  # hard-coded by the authors (the model's own logit_scale is ignored)
@@ -585,12 +585,15 @@ class AdaCLIPModel(AnomalyModel):
                 taps.append(x[:, 1 : 1 + num_patches])
         return taps, backbone.pool(x)
 
-    def extract_features(self, pixels: torch.Tensor, texts: Sequence[AdaCLIPText]) -> AdaCLIPFeatures:
+    def extract_features(
+        self, pixels: torch.Tensor, texts: Sequence[AdaCLIPText], passes: SharedPasses | None = None
+    ) -> AdaCLIPFeatures:
         """Everything up to the similarities: DPG, prompted image and text passes, projections.
 
         Args:
             pixels: (B, 3, S, S) normalised images.
             texts: B entries, the text side of each image.
+            passes: passes of ``pixels`` shared with other methods (the un-prompted plain pass).
         """
         if len(texts) != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} images but {len(texts)} class texts")
@@ -598,7 +601,7 @@ class AdaCLIPModel(AnomalyModel):
         global_embedding = dynamic_visual = dynamic_text = None
         if learned.needs_global_embedding:
             with torch.no_grad():
-                global_embedding = self.backbone.encode_image(pixels).embedding.float()
+                global_embedding = (passes or SharedPasses()).plain(self.backbone, pixels).pooled.float()
             dynamic_visual, dynamic_text = learned.dynamic_prompts(global_embedding)
         taps, pooled = self.prompted_image_pass(pixels, dynamic_visual)
         patch_features = [
@@ -662,8 +665,8 @@ class AdaCLIPModel(AnomalyModel):
         return scores.softmax(dim=-1), fusion
 
     # ---------------------------------------------------------------------------------- forward
-    def forward(self, pixels: torch.Tensor, text: AdaCLIPText) -> ModelOutput:
-        features = self.extract_features(pixels, [text] * pixels.shape[0])
+    def forward(self, pixels: torch.Tensor, text: AdaCLIPText, passes: SharedPasses | None = None) -> ModelOutput:
+        features = self.extract_features(pixels, [text] * pixels.shape[0], passes)
         logits = self.patch_logits(features)
         averaged = torch.stack(self.upsampled_logits(logits)).mean(0)  # (B, 2, S, S)
         maps = gaussian_blur(averaged.softmax(dim=1)[:, 1], self.config.sigma)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..backbone import ClipBackbone
+from ..backbone import ClipBackbone, PlainPass
 from ..postprocess import resize_map_tensor
 from ..preprocess import ImageInput, images_to_batch, load_image
 from ..prompts import PromptSet, sentence_embeddings
@@ -85,12 +85,41 @@ class ModelOutput:
     sentence_features: torch.Tensor | None = None
 
 
+class SharedPasses:
+    """Image-side passes that several methods' models can share on one batch, each computed once.
+
+    A caller that runs several methods on the same pixel tensor (:func:`detect_together`) hands
+    every model the same instance; a model alone gets a fresh one. Entries are keyed by the
+    backbone, the pixel tensor and what was computed, so a model can only ever read a pass of its
+    own backbone on its own input: results are identical to running alone.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple, Any] = {}
+        self._inputs: list[torch.Tensor] = []  # keep keyed tensors alive, so their ids stay unique
+        self.computed: list[str] = []  # names of the passes run, in order (for tests and benchmarks)
+
+    def get(self, backbone: ClipBackbone, pixels: torch.Tensor, name: str, compute: Callable[[], Any]) -> Any:
+        """The pass ``name`` of ``backbone`` on ``pixels``, computed by ``compute()`` the first time."""
+        key = (id(backbone), id(pixels), name)
+        if key not in self._values:
+            self._inputs.append(pixels)
+            self._values[key] = compute()
+            self.computed.append(name)
+        return self._values[key]
+
+    def plain(self, backbone: ClipBackbone, pixels: torch.Tensor) -> PlainPass:
+        """The backbone's :meth:`~zsad_core.backbone.ClipBackbone.plain_pass` on ``pixels``."""
+        return self.get(backbone, pixels, "plain", lambda: backbone.plain_pass(pixels))
+
+
 class AnomalyModel(nn.Module):
     """A method's pure torch part: ``forward(pixels, text) -> ModelOutput``.
 
     ``pixels`` is a (B, 3, S, S) normalised batch on the model's device; ``text`` is what the
-    detector's ``_prepare_text`` returned for a category (``Detector.text_features``). Subclasses
-    hold the backbone (shared, frozen), the method's config and any trained parts.
+    detector's ``_prepare_text`` returned for a category (``Detector.text_features``); ``passes``
+    (optional) is a :class:`SharedPasses` of the batch. Subclasses hold the backbone (shared,
+    frozen), the method's config and any trained parts.
     """
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig) -> None:
@@ -102,8 +131,9 @@ class AnomalyModel(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.device
 
-    def forward(self, pixels: torch.Tensor, text: Any) -> ModelOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def forward(self, pixels: torch.Tensor, text: Any, passes: SharedPasses | None = None) -> ModelOutput:
+        """Score a batch; ``passes`` lends passes already run on ``pixels`` by other methods' models."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 @dataclass
@@ -351,48 +381,79 @@ class Detector(ABC):
             zsad_core.preprocess.ImageError: an image cannot be decoded.
         """
         prepared = self._require_prepared()
+        self.warn_if_untrained()
         single = isinstance(images, (str, bytes, Image.Image, np.ndarray)) or hasattr(images, "__fspath__")
         items = [images] if single else list(images)
         batch_size = batch_size or self.config.batch_size
         results: list[AnomalyResult] = []
         for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
             began = time.perf_counter()
-            decoded = [load_image(item) for item in chunk]
-            pixels, sizes = self.preprocess(decoded)
-            pixels = pixels.to(self.device)
-            prepared_at = time.perf_counter()
-            output = self.model(pixels, prepared.features)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            predicted_at = time.perf_counter()
-            # Maps go back to each image's size on the model's device; one copy to the host at the end.
-            resized = [resize_map_tensor(output.maps[index], size).cpu().numpy() for index, size in enumerate(sizes)]
-            prediction = Prediction.from_output(output)
-            evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
-            for index in range(len(sizes)):
-                model_map = prediction.maps[index]
-                results.append(
-                    AnomalyResult(
-                        score=float(prediction.scores[index]),
-                        anomaly_map=resized[index],
-                        method=self.method_id,
-                        category=prepared.category,
-                        model_map=model_map,
-                        extras={name: float(values[index]) for name, values in prediction.extras.items()},
-                        evidence=evidence[index],
-                    )
-                )
-            finished_at = time.perf_counter()
-            share = 1.0 / len(chunk)
-            for result in results[-len(chunk) :]:
-                result.timings = {
-                    "preprocess": (prepared_at - began) * share,
-                    "model": (predicted_at - prepared_at) * share,
-                    "postprocess": (finished_at - predicted_at) * share,
-                    "total": (finished_at - began) * share,
-                }
+            pixels, sizes = self.preprocess([load_image(item) for item in items[start : start + batch_size]])
+            preprocess_seconds = (time.perf_counter() - began) / len(sizes)
+            batch = self.run_batch(pixels, sizes, with_evidence=with_evidence, prepared=prepared)
+            for result in batch:
+                result.timings["preprocess"] = preprocess_seconds
+                result.timings["total"] += preprocess_seconds
+            results.extend(batch)
         return results[0] if single else results
+
+    def warn_if_untrained(self) -> None:
+        """Methods with trained parts warn once when they run untrained; nothing to say here."""
+        return None
+
+    @property
+    def preprocess_key(self) -> tuple:
+        """Detectors with equal keys get equal :meth:`preprocess` batches from the same images."""
+        return (self.config.image_size, self.backbone.mean_std)
+
+    @torch.no_grad()
+    def run_batch(
+        self,
+        pixels: torch.Tensor,
+        sizes: Sequence[tuple[int, int]],
+        *,
+        passes: SharedPasses | None = None,
+        with_evidence: bool = False,
+        prepared: PreparedText | None = None,
+    ) -> list[AnomalyResult]:
+        """Results for one batch from :meth:`preprocess`, each map resized to its image's ``sizes`` entry.
+
+        Args:
+            pixels: (B, 3, S, S) normalised batch.
+            sizes: B original (H, W) sizes.
+            passes: passes shared with other methods on the same ``pixels`` (:func:`detect_together`).
+            with_evidence: as :meth:`detect`.
+            prepared: the prepared category (default: this detector's).
+        Returns:
+            B results with ``timings`` "model" and "postprocess" (per image) and "total" (their sum).
+        """
+        prepared = prepared or self._require_prepared()
+        began = time.perf_counter()
+        output = self.model(pixels.to(self.device), prepared.features, passes)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        predicted_at = time.perf_counter()
+        # Maps go back to each image's size on the model's device; one copy to the host at the end.
+        resized = [resize_map_tensor(output.maps[index], size).cpu().numpy() for index, size in enumerate(sizes)]
+        prediction = Prediction.from_output(output)
+        evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
+        results = [
+            AnomalyResult(
+                score=float(prediction.scores[index]),
+                anomaly_map=resized[index],
+                method=self.method_id,
+                category=prepared.category,
+                model_map=prediction.maps[index],
+                extras={name: float(values[index]) for name, values in prediction.extras.items()},
+                evidence=evidence[index],
+            )
+            for index in range(len(sizes))
+        ]
+        finished_at = time.perf_counter()
+        for result in results:
+            model, post = (predicted_at - began) / len(sizes), (finished_at - predicted_at) / len(sizes)
+            result.timings = {"model": model, "postprocess": post, "total": model + post}
+        return results
 
     # ------------------------------------------------------------------------------ dataset level
     def dataset_scores(self, results: Sequence[AnomalyResult]) -> np.ndarray:
@@ -402,3 +463,64 @@ class Detector(ABC):
         (SDP, SDP+) override this. Evaluation calls it once per category.
         """
         return np.array([result.score for result in results], dtype=np.float64)
+
+
+@torch.no_grad()
+def detect_together(
+    detectors: Sequence[Detector],
+    images: Sequence[ImageInput],
+    batch_size: int = 8,
+    *,
+    with_evidence: bool = False,
+) -> dict[str, list[AnomalyResult] | Exception]:
+    """Several prepared detectors on the same images, running every pass they can share once.
+
+    Each batch is decoded once and preprocessed once per distinct :attr:`Detector.preprocess_key`;
+    models on the same backbone and batch share passes through one :class:`SharedPasses` (the
+    plain image pass of WinCLIP, SDP's original path and AdaCLIP's un-prompted pass; SDP+ reuses
+    SDP's dual path), so the results equal each detector's own :meth:`Detector.detect`. A pass is
+    timed in the results of the first method that needed it.
+
+    Args:
+        detectors: prepared detectors with distinct method ids.
+        images: paths, bytes, PIL images or arrays.
+        batch_size: images per forward pass.
+        with_evidence: as :meth:`Detector.detect`.
+    Returns:
+        method id -> its results in image order, or the exception that stopped it (the others go on).
+    Raises:
+        zsad_core.preprocess.ImageError: an image cannot be decoded.
+    """
+    ids = [detector.method_id for detector in detectors]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"detect_together needs distinct methods, got {ids}")
+    outcomes: dict[str, list[AnomalyResult] | Exception] = {method: [] for method in ids}
+    for detector in detectors:
+        detector.warn_if_untrained()
+    items = list(images)
+    for start in range(0, len(items), batch_size):
+        began = time.perf_counter()
+        decoded = [load_image(item) for item in items[start : start + batch_size]]
+        decode_seconds = (time.perf_counter() - began) / len(decoded)
+        passes = SharedPasses()
+        batches: dict[tuple, tuple[torch.Tensor, list[tuple[int, int]], float]] = {}
+        for detector in detectors:
+            done = outcomes[detector.method_id]
+            if isinstance(done, Exception):
+                continue
+            try:
+                key = (detector.preprocess_key, detector.device)
+                if key not in batches:
+                    resized_at = time.perf_counter()
+                    pixels, sizes = detector.preprocess(decoded)
+                    batches[key] = (pixels.to(detector.device), sizes, (time.perf_counter() - resized_at) / len(sizes))
+                pixels, sizes, resize_seconds = batches[key]
+                batch = detector.run_batch(pixels, sizes, passes=passes, with_evidence=with_evidence)
+            except Exception as error:  # noqa: BLE001 - one method's failure must not stop the others
+                outcomes[detector.method_id] = error
+                continue
+            for result in batch:
+                result.timings["preprocess"] = decode_seconds + resize_seconds
+                result.timings["total"] += decode_seconds + resize_seconds
+            done.extend(batch)
+    return outcomes

@@ -61,13 +61,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import ClipBackbone
+from ..backbone import ClipBackbone, PlainPass
 from ..losses import dice_loss, focal_loss
 from ..postprocess import gaussian_blur, upsample_patch_maps
 from ..prompts import CLIPAD_PROMPTS, PromptSet, reduce_mean_normalized, register_reducer, text_anchors
 from ..registry import register_method
 from ..types import AnomalyResult, MethodInfo
-from .base import AnomalyModel, Detector, MethodConfig, ModelOutput
+from .base import AnomalyModel, Detector, MethodConfig, ModelOutput, SharedPasses
 from .learnable import CheckpointMismatchError, LearnableDetector, TrainingOutput
 
 RVS_METHODS = ("mean", "pca", "kde", "dbscan", "mean_shift")
@@ -144,9 +144,16 @@ class DualPathOutput:
 
 
 def staged_dual_path(
-    backbone: ClipBackbone, pixels: torch.Tensor, stage_ends: Sequence[int], reference_aliasing: bool = True
+    backbone: ClipBackbone,
+    pixels: torch.Tensor,
+    stage_ends: Sequence[int],
+    reference_aliasing: bool = True,
+    plain: PlainPass | None = None,
 ) -> DualPathOutput:
-    """Run the original CLIP path and the staged v-v surgery path side by side.
+    """The original CLIP path and the staged v-v surgery path side by side.
+
+    The original path is the backbone's :meth:`~zsad_core.backbone.ClipBackbone.plain_pass`
+    (shared with other methods when given); the surgery path reads each block's input from it.
 
     Args:
         backbone: the frozen CLIP.
@@ -154,30 +161,30 @@ def staged_dual_path(
         stage_ends: 1-based block indices closing each stage, e.g. (3, 6, 9, 12); the first stage
             starts at block 1, each next one right after the previous end.
         reference_aliasing: store stage-end original tokens as the official code ends up reading
-            them (with the next block's attention residual added); see the module docstring.
+            them (with the next block's attention residual added, for every stage but the last);
+            see the module docstring.
+        plain: the plain pass of ``pixels``, if already run.
     """
     stage_ends = sorted(stage_ends)
     if not stage_ends or stage_ends[-1] > backbone.num_layers or stage_ends[0] < 1:
         raise ValueError(f"stage ends {stage_ends} do not fit a {backbone.num_layers}-block image tower")
+    plain = plain if plain is not None else backbone.plain_pass(pixels)
     stage_starts = {0} | {end for end in stage_ends[:-1]}  # 0-based indices of blocks that reset the path
-    x = backbone.visual.ln_pre(backbone.embed_patches(pixels))
-    surgery_path = torch.zeros_like(x)
+    blocks = backbone.blocks
     surgery_tokens: list[torch.Tensor] = []
     original_tokens: list[torch.Tensor] = []
-    pending_alias = False
-    for index, block in enumerate(backbone.blocks[: stage_ends[-1]]):
-        q, k, v = backbone.attention_qkv(block, block.ln_1(x))
-        attended = backbone.attention_output(block, F.scaled_dot_product_attention(q, k, v))
-        value_attended = backbone.attention_output(block, F.scaled_dot_product_attention(v, v, v))
-        x = x + block.ls_1(attended)
-        if pending_alias:  # the stored stage-end tokens also received this block's attention residual
-            original_tokens[-1] = x
-            pending_alias = False
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    surgery_path = torch.zeros_like(plain.stream[0])
+    for index in range(stage_ends[-1]):
+        block = blocks[index]
+        value = backbone.attention_value(block, block.ln_1(plain.stream[index]))
+        value_attended = backbone.attention_output(block, F.scaled_dot_product_attention(value, value, value))
         surgery_path = value_attended if index in stage_starts else surgery_path + value_attended
         if index + 1 in stage_ends:
-            original_tokens.append(x)
-            pending_alias = reference_aliasing
+            original = plain.stream[index + 1]
+            if reference_aliasing and index + 1 < stage_ends[-1]:  # + the next block's attention residual
+                following = blocks[index + 1]
+                original = original + following.ls_1(following.attention(following.ln_1(original)))
+            original_tokens.append(original)
             surgery_tokens.append(surgery_path)
     surgery = [
         backbone.project_tokens(torch.cat([original[:, :1], tokens[:, 1:]], dim=1))
@@ -245,9 +252,22 @@ class SDPModel(AnomalyModel):
     def stage_ends(self) -> tuple[int, ...]:
         return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers()
 
-    def surgery_similarity(self, pixels: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, DualPathOutput]:
+    def dual_path(self, pixels: torch.Tensor, passes: SharedPasses | None = None) -> DualPathOutput:
+        """:func:`staged_dual_path` of ``pixels``, shared through ``passes`` (SDP+ reuses SDP's)."""
+        passes = passes or SharedPasses()
+        stage_ends, aliasing = self.stage_ends, self.config.reference_aliasing
+        return passes.get(
+            self.backbone,
+            pixels,
+            f"dual path {stage_ends} aliasing={aliasing}",
+            lambda: staged_dual_path(self.backbone, pixels, stage_ends, aliasing, passes.plain(self.backbone, pixels)),
+        )
+
+    def surgery_similarity(
+        self, pixels: torch.Tensor, anchors: torch.Tensor, passes: SharedPasses | None = None
+    ) -> tuple[torch.Tensor, DualPathOutput]:
         """Summed feature-surgery similarities over the stages, (B, 1+N, 2), and the raw path outputs."""
-        paths = staged_dual_path(self.backbone, pixels, self.stage_ends, self.config.reference_aliasing)
+        paths = self.dual_path(pixels, passes)
         similarity = sum(feature_surgery(F.normalize(s.float(), dim=-1), anchors) for s in paths.surgery)
         return similarity, paths
 
@@ -278,8 +298,8 @@ class SDPModel(AnomalyModel):
             embeddings=self.class_embedding(paths),
         )
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> ModelOutput:
-        similarity, paths = self.surgery_similarity(pixels, text)
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor, passes: SharedPasses | None = None) -> ModelOutput:
+        similarity, paths = self.surgery_similarity(pixels, text, passes)
         return self.scored(gaussian_blur(self.unsmoothed_map(similarity), self.config.sigma), paths, text)
 
 
@@ -381,8 +401,8 @@ class SDPPlusModel(SDPModel):
             probabilities.append(upsampled.softmax(dim=1))
         return probabilities
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> ModelOutput:
-        similarity, paths = self.surgery_similarity(pixels, text)
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor, passes: SharedPasses | None = None) -> ModelOutput:
+        similarity, paths = self.surgery_similarity(pixels, text, passes)
         fine_tuned = sum(probs[:, 1] for probs in self.stage_probabilities(paths.original, text))
         maps = gaussian_blur(self.unsmoothed_map(similarity) + fine_tuned, self.config.sigma)
         return self.scored(maps, paths, text)

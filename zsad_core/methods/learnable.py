@@ -50,8 +50,6 @@ import torch
 from torch import nn
 
 from ..backbone import ClipBackbone
-from ..preprocess import ImageInput
-from ..types import AnomalyResult
 from .base import Detector, MethodConfig
 
 logger = logging.getLogger(__name__)
@@ -288,14 +286,8 @@ class LearnableDetector(Detector):
         self.learned.load_state_dict(dict(state_dict), strict=True)
 
     # -------------------------------------------------------------------------------------- detect
-    def detect(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        batch_size: int | None = None,
-        *,
-        with_evidence: bool = False,
-    ) -> AnomalyResult | list[AnomalyResult]:
-        """As :meth:`Detector.detect`; warns once when the learned parts were never trained or loaded."""
+    def warn_if_untrained(self) -> None:
+        """Warn once when the learned parts were never trained or loaded (called before detecting)."""
         if not self.trained and not self._warned_untrained and self._prepared is not None:
             self._warned_untrained = True
             warnings.warn(
@@ -303,9 +295,8 @@ class LearnableDetector(Detector):
                 "and the maps mean little; pass checkpoint=... (a file or a released-weights name) or train one "
                 "with `python -m zsad_core train`",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return super().detect(images, batch_size=batch_size, with_evidence=with_evidence)
 
     # ------------------------------------------------------------------------------------ training
     @abstractmethod

@@ -30,7 +30,7 @@ from ..postprocess import gaussian_blur, upsample_patch_maps
 from ..prompts import WINCLIP_PROMPTS, PromptSet, text_anchors
 from ..registry import register_method
 from ..types import MethodInfo
-from .base import AnomalyModel, Detector, MethodConfig, ModelOutput
+from .base import AnomalyModel, Detector, MethodConfig, ModelOutput, SharedPasses
 
 
 @dataclass(frozen=True)
@@ -128,14 +128,11 @@ class WinCLIPModel(AnomalyModel):
             outputs.append(backbone.pool(x))
         return torch.cat(outputs).view(batch, n_windows, -1)
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> ModelOutput:
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor, passes: SharedPasses | None = None) -> ModelOutput:
         backbone = self.backbone
         grid = backbone.grid_size
-        tokens = backbone.embed_patches(pixels)
-        x = backbone.visual.ln_pre(tokens)
-        for block in backbone.blocks:
-            x = block(x)
-        pooled = backbone.pool(x)
+        plain = (passes or SharedPasses()).plain(backbone, pixels)
+        tokens, pooled = plain.embedded, plain.pooled
         image_scores = self.class_scores(pooled, text)  # (B,)
 
         inverse = (1.0 / image_scores)[:, None]  # the image score is the coarsest "scale"

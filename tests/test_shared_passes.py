@@ -1,0 +1,63 @@
+"""Several methods on one backbone share their passes and still give what each gives alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image
+
+from zsad_core import create_detector
+from zsad_core.methods.base import SharedPasses, detect_together
+
+SETTINGS = {"model": "zsad-tiny", "image_size": 64, "device": "cpu", "precision": "fp32"}
+METHODS = ["winclip", "sdp", "sdp_plus", "adaclip"]
+
+
+@pytest.fixture(scope="module")
+def detectors() -> list:
+    return [create_detector(method, **SETTINGS, **({"hsf_clusters": 4} if method == "adaclip" else {}))
+            .prepare("bottle") for method in METHODS]  # fmt: skip
+
+
+def test_together_equals_alone_and_runs_the_plain_pass_once(detectors: list, monkeypatch) -> None:
+    images = [make_image(48, 80, seed=seed) for seed in range(3)]
+    alone = {detector.method_id: detector.detect(images, batch_size=2) for detector in detectors}
+    backbone = detectors[0].backbone
+    assert all(detector.backbone is backbone for detector in detectors)
+    calls = []
+    original = backbone.plain_pass
+    monkeypatch.setattr(backbone, "plain_pass", lambda pixels: calls.append(pixels.shape) or original(pixels))
+    together = detect_together(detectors, images, batch_size=2)
+    assert calls == [(2, 3, 64, 64), (1, 3, 64, 64)]  # one plain pass per batch for all four methods
+    for method, results in together.items():
+        assert not isinstance(results, Exception), results
+        for ours, theirs in zip(results, alone[method], strict=True):
+            np.testing.assert_array_equal(ours.anomaly_map, theirs.anomaly_map)
+            assert ours.score == theirs.score and ours.extras == theirs.extras
+            assert set(ours.timings) == {"preprocess", "model", "postprocess", "total"}
+
+
+def test_sdp_plus_reuses_sdps_dual_path(detectors: list) -> None:
+    sdp, sdp_plus = detectors[1], detectors[2]
+    pixels, _ = sdp.preprocess([make_image(seed=5)])
+    passes = SharedPasses()
+    with torch.no_grad():
+        sdp.model(pixels, sdp.text_features, passes)
+        sdp_plus.model(pixels, sdp_plus.text_features, passes)
+    assert passes.computed == ["plain", f"dual path {sdp.stage_ends} aliasing=True"]
+    # Another input is never served from the cache.
+    other = pixels.clone()
+    with torch.no_grad():
+        sdp.model(other, sdp.text_features, passes)
+    assert passes.computed.count("plain") == 2
+
+
+def test_one_method_failing_does_not_stop_the_others(detectors: list, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(detectors[1].model, "forward", broken)
+    outcome = detect_together(detectors, [make_image(seed=1)])
+    assert isinstance(outcome["sdp"], RuntimeError)
+    assert all(len(outcome[method]) == 1 for method in ("winclip", "sdp_plus", "adaclip"))
