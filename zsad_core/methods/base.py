@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..backbone import ClipBackbone
 from ..postprocess import resize_map
-from ..preprocess import ImageInput, images_to_batch, load_image
+from ..preprocess import ImageInput, check_resize_policy, images_to_batch, load_image
 from ..prompts import PromptSet, sentence_embeddings
 from ..types import AnomalyResult, MethodInfo, PromptEvidence
 
@@ -43,6 +43,8 @@ class MethodConfig:
         quick_gelu: run the image and text towers with QuickGELU (see methods.md §1.1).
         sigma: Gaussian smoothing of the S x S map, in pixels (0 = none).
         batch_size: images per forward pass in :meth:`Detector.detect`.
+        resize: how images are resized to S x S, one of :data:`~zsad_core.preprocess.RESIZE_POLICIES`;
+            each method's default is its reference implementation's (see :mod:`zsad_core.preprocess`).
     """
 
     model: str
@@ -50,6 +52,10 @@ class MethodConfig:
     quick_gelu: bool = False
     sigma: float = 4.0
     batch_size: int = 8
+    resize: str = "tensor-bicubic"
+
+    def __post_init__(self) -> None:
+        check_resize_policy(self.resize)
 
     def replace(self, **changes: Any) -> MethodConfig:
         """A copy with ``changes``; unknown names raise ``TypeError`` listing the valid ones."""
@@ -256,7 +262,7 @@ class Detector(ABC):
             chunk = items[start : start + batch_size]
             began = time.perf_counter()
             decoded = [load_image(item) for item in chunk]
-            pixels, sizes = images_to_batch(decoded, self.config.image_size, mean, std)
+            pixels, sizes = images_to_batch(decoded, self.config.image_size, mean, std, self.config.resize)
             pixels = pixels.to(self.device)
             prepared_at = time.perf_counter()
             prediction = self.predict(pixels, prepared.features)
