@@ -150,7 +150,7 @@ def mosaic(pixels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, tor
         pixels: (4, 3, S, S) normalised images (top-left, top-right, bottom-left, bottom-right).
         masks: (4, S, S) float {0, 1} masks.
     Returns:
-        (3, S, S) image (bicubic, antialiased, as the shared preprocessing) and (S, S) {0, 1} mask
+        (3, S, S) image (the normalised tensors resized bicubic, antialiased) and (S, S) {0, 1} mask
         (bilinear, binarised at 0.5, as :func:`zsad_core.data.load_mask`).
     """
     size = pixels.shape[-1]
