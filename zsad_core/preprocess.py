@@ -1,4 +1,4 @@
-"""Image decoding and the one resize/normalise path every method shares.
+"""Image decoding and the resize/normalise step every method shares (one function, a policy per method).
 
 Decoding (:func:`load_image`) accepts a path, bytes, a PIL image or a numpy array, and returns an
 8-bit RGB PIL image:
