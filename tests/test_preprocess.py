@@ -1,4 +1,4 @@
-"""Image decoding (modes, EXIF, transparency, bit depth, bad files, arrays) and the shared resize path."""
+"""Image decoding (modes, EXIF, transparency, bit depth, bad files, arrays) and the tensor resize policy."""
 
 from __future__ import annotations
 

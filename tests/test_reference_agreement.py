@@ -199,22 +199,54 @@ def test_sdp_prompts_sentence_embeddings_and_dbscan(sdp_reference) -> None:
         np.testing.assert_array_equal(labels, sdp_reference[f"dbscan_labels_{name}"])
 
 
-@pytest.mark.parametrize("rvs", ["dbscan", "mean", "kde", "mean_shift", "pca"])
-def test_sdp_representative_vectors(sdp_reference, rvs: str) -> None:
-    """Our RVS keeps fp32; the reference's fp32 run (``*_fp32``) is the one to match exactly."""
-    expected = sdp_reference[f"text_features_{rvs}_fp32"]
-    anchors = torch.stack(
+def _representative_vectors(sdp_reference, rvs: str, round_fp16: bool) -> torch.Tensor:
+    return torch.stack(
         [
-            representative_vector(_t(sdp_reference[f"sentence_embeddings_{name}"]), method=rvs)
+            representative_vector(_t(sdp_reference[f"sentence_embeddings_{name}"]), method=rvs, round_fp16=round_fp16)
             for name in ("normal", "abnormal")
         ],
         dim=1,
     )
-    torch.testing.assert_close(anchors, _t(expected), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rvs", ["dbscan", "mean", "kde", "mean_shift", "pca"])
+def test_sdp_representative_vectors_fp32(sdp_reference, rvs: str) -> None:
+    """``round_text_fp16=False``: the reference's fp32 run (``*_fp32``) is the one to match."""
+    expected = _t(sdp_reference[f"text_features_{rvs}_fp32"])
+    torch.testing.assert_close(_representative_vectors(sdp_reference, rvs, False), expected, rtol=0, atol=1e-5)
     if rvs in ("dbscan", "mean"):  # and through the detector's own prepare (text encoder + RVS + cache)
-        torch.testing.assert_close(_sdp(rvs).prepare(CLASS_NAME)._prepared.features, _t(expected), rtol=0, atol=1e-5)
-    if f"text_features_{rvs}" in sdp_reference:  # the fp16-rounded original stays within fp16 rounding
-        np.testing.assert_allclose(anchors.numpy(), sdp_reference[f"text_features_{rvs}"], rtol=0, atol=2e-3)
+        prepared = _sdp(rvs, round_text_fp16=False).prepare(CLASS_NAME)._prepared.features
+        torch.testing.assert_close(prepared, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rvs", ["dbscan", "kde", "mean_shift", "mean"])
+def test_sdp_representative_vectors_rounded_as_the_reference(sdp_reference, rvs: str) -> None:
+    """``round_text_fp16=True`` (the default) gives the reference's own fp16-rounded vectors bit for bit.
+
+    Our fp32 vectors agree with the reference's to 1.4e-7, 0.004 fp16 ulp at most (measured), so no
+    component lies near enough to a rounding boundary to round the other way; ``mean`` is never rounded.
+    """
+    rounded = _representative_vectors(sdp_reference, rvs, True)
+    if rvs == "mean":
+        torch.testing.assert_close(rounded, _representative_vectors(sdp_reference, rvs, False), rtol=0, atol=0)
+        return
+    np.testing.assert_array_equal(rounded.numpy(), sdp_reference[f"text_features_{rvs}"])
+    assert not torch.equal(rounded, _representative_vectors(sdp_reference, rvs, False))
+    assert 1e-5 < (rounded.norm(dim=0) - 1).abs().max() < 5e-4  # normalised in fp16: norms off 1 by fp16 rounding
+    if rvs == "dbscan":  # through the detector's own prepare (text encoder + RVS + cache): the default rounds
+        detector = _sdp(rvs)
+        assert detector.config.round_text_fp16 and detector.text_reducer.endswith("-fp16")
+        prepared = detector.prepare(CLASS_NAME)._prepared.features
+        torch.testing.assert_close(prepared, _t(sdp_reference["text_features_dbscan"]), rtol=0, atol=1e-5)
+        # the setting is in the text feature cache key: the fp32 twin on the same backbone is not served these
+        twin = _sdp(rvs, round_text_fp16=False)
+        assert twin.backbone is detector.backbone
+        torch.testing.assert_close(
+            twin.prepare(CLASS_NAME)._prepared.features,
+            _t(sdp_reference["text_features_dbscan_fp32"]),
+            rtol=0,
+            atol=1e-5,
+        )
 
 
 def test_sdp_dual_path_features(sdp_reference, sdp_paths) -> None:
@@ -267,11 +299,14 @@ def test_sdp_predict_equals_clipad(sdp_reference, rvs: str) -> None:
     np.testing.assert_allclose(raw.extras["p_max"], sdp_reference[f"p_max_raw_{rvs}"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["dbscan_fp32", "dbscan_fp32_noalias", "mean_noalias"])
+@pytest.mark.parametrize("variant", ["dbscan", "dbscan_noalias", "dbscan_fp32", "dbscan_fp32_noalias", "mean_noalias"])
 def test_sdp_end_to_end_from_prompts(sdp_reference, variant: str) -> None:
-    """prepare() + predict(), no reference numbers fed in: our fp32 RVS against the reference's fp32 run."""
+    """prepare() + predict(), no reference numbers fed in: our RVS (fp16-rounded by default, fp32 with
+    ``round_text_fp16=False``) against the reference's run of the same kind."""
     rvs = variant.split("_")[0]
-    detector = _sdp(rvs, reference_aliasing=not variant.endswith("_noalias")).prepare(CLASS_NAME)
+    detector = _sdp(
+        rvs, reference_aliasing=not variant.endswith("_noalias"), round_text_fp16="_fp32" not in variant
+    ).prepare(CLASS_NAME)
     with torch.no_grad():
         prediction = detector.predict(reference_pixels(), detector.text_features)
     np.testing.assert_allclose(prediction.extras["p_cls"], sdp_reference[f"p_cls_{variant}"], rtol=1e-4, atol=1e-6)

@@ -15,6 +15,7 @@ from zsad_core import __version__, create_detector
 from zsad_core.data import make_synthetic_dataset
 from zsad_core.losses import dice_loss, focal_loss
 from zsad_core.methods.learnable import CheckpointMismatchError
+from zsad_core.preprocess import load_image, resize_normalize
 from zsad_core.training import (
     TrainingData,
     add_train_arguments,
@@ -117,6 +118,20 @@ def test_mosaic_augmentation_is_seeded(spec):
         TrainingData(samples, 64, (0.5,) * 3, (0.5,) * 3, mosaic_prob=2.0)
 
 
+def test_training_images_follow_the_resize_policy(spec):
+    samples = collect_training_samples([spec])
+    decoded = load_image(samples[3].image_path)  # 64 px, reduced to 40 px: the policies differ
+    loaded = []
+    for resize in ("pil-bicubic", "tensor-bicubic", "tensor-bicubic-unclamped"):
+        image, _ = TrainingData(samples, 40, (0.5,) * 3, (0.25,) * 3, resize=resize).load(3)
+        expected = resize_normalize(decoded, 40, (0.5,) * 3, (0.25,) * 3, resize)
+        torch.testing.assert_close(image, expected, rtol=0, atol=0)
+        assert all(not torch.equal(image, other) for other in loaded)
+        loaded.append(image)
+    with pytest.raises(ValueError, match="unknown resize policy"):
+        TrainingData(samples, 64, (0.5,) * 3, (0.5,) * 3, resize="bilinear")
+
+
 def test_data_errors(tmp_path):
     image_only = make_synthetic_dataset(tmp_path / "headct", "headct", n_good=2, n_bad=2, size=64)
     with pytest.raises(ValueError, match="no pixel masks"):
@@ -130,7 +145,9 @@ def test_training_lowers_loss_and_round_trips(spec, tmp_path):
     detector = _detector()
     samples = collect_training_samples([spec])
     mean, std = detector.backbone.mean_std
-    fixed = TrainingData(samples, detector.config.image_size, mean, std).batch([0, 2, 4, 6, 8, 10], 0, 0)
+    fixed = TrainingData(samples, detector.config.image_size, mean, std, resize=detector.config.resize).batch(
+        [0, 2, 4, 6, 8, 10], 0, 0
+    )
 
     def fixed_loss() -> float:
         with torch.no_grad():
@@ -161,6 +178,7 @@ def test_training_lowers_loss_and_round_trips(spec, tmp_path):
     assert metadata["training_steps"] == "12" and metadata["training_seed"] == "42"
     assert metadata["training_batch_size"] == "4"
     assert json.loads(metadata["training_optimizer"]) == {"name": "adam", "lr": 0.01}
+    assert metadata["training_resize"] == "pil-bicubic" == detector.config.resize  # the method's policy
 
     # loading gives identical maps
     loaded = _detector(checkpoint=str(out)).prepare("widget")

@@ -8,7 +8,7 @@ Data (methods.md §2.9, §3.5, §6.3): the *test split* of each auxiliary datase
 (``"mvtec:/data/mvtec_anomaly_detection"``, ``"colondb:/data/ColonDB"``...). Several datasets are
 concatenated. Images go through the same preprocessing as detection
 (:func:`zsad_core.preprocess.load_image` + :func:`~zsad_core.preprocess.images_to_batch` at the
-method's size), masks through :func:`zsad_core.data.load_mask` at S x S (all zero for normal
+method's size, with the method's ``resize`` policy), masks through :func:`zsad_core.data.load_mask` at S x S (all zero for normal
 images), class names through ``dataset.prompt_name(category)``. With probability ``mosaic_prob``
 (AdaCLIP: 0.2, MVTec-format data only; methods.md §2.9) a sample is replaced by a 2 x 2 mosaic of
 four random images of its category with their masks, downscaled to S.
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from .data import load_mask, open_dataset
 from .methods.learnable import LearnableDetector
-from .preprocess import images_to_batch, load_image
+from .preprocess import check_resize_policy, images_to_batch, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,18 @@ DEFAULT_CHECKPOINT_EVERY = 500
 MOSAIC_FORMATS = ("mvtec",)  # AdaCLIP applies the mosaic to MVTec AD only
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 # settings of a run that a resumed run must share (epochs and steps may grow)
-_RESUME_KEYS = ("method", "settings", "data", "seed", "batch_size", "optimizer", "mosaic_prob", "limit", "amp")
+_RESUME_KEYS = (
+    "method",
+    "settings",
+    "data",
+    "seed",
+    "batch_size",
+    "optimizer",
+    "mosaic_prob",
+    "limit",
+    "amp",
+    "resize",
+)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -139,7 +150,7 @@ def mosaic(pixels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, tor
         pixels: (4, 3, S, S) normalised images (top-left, top-right, bottom-left, bottom-right).
         masks: (4, S, S) float {0, 1} masks.
     Returns:
-        (3, S, S) image (bicubic, antialiased, as the shared preprocessing) and (S, S) {0, 1} mask
+        (3, S, S) image (the normalised tensors resized bicubic, antialiased) and (S, S) {0, 1} mask
         (bilinear, binarised at 0.5, as :func:`zsad_core.data.load_mask`).
     """
     size = pixels.shape[-1]
@@ -161,6 +172,8 @@ class TrainingData:
         mean, std: the backbone's normalisation.
         mosaic_prob: probability of the mosaic for samples that allow it.
         seed: seed of the order and the augmentation.
+        resize: the resize policy (:data:`~zsad_core.preprocess.RESIZE_POLICIES`); :func:`train`
+            passes the method's, so training sees the pixels detection will.
     """
 
     def __init__(
@@ -171,6 +184,7 @@ class TrainingData:
         std: Sequence[float],
         mosaic_prob: float = 0.0,
         seed: int = 0,
+        resize: str = "tensor-bicubic",
     ) -> None:
         if not 0.0 <= mosaic_prob <= 1.0:
             raise ValueError(f"mosaic probability must lie in [0, 1], got {mosaic_prob}")
@@ -179,6 +193,7 @@ class TrainingData:
         self.mean, self.std = tuple(mean), tuple(std)
         self.mosaic_prob = float(mosaic_prob)
         self.seed = int(seed)
+        self.resize = check_resize_policy(resize)
         self.groups: dict[tuple[int, str], list[int]] = {}
         for index, sample in enumerate(self.samples):
             self.groups.setdefault(sample.group, []).append(index)
@@ -193,7 +208,7 @@ class TrainingData:
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, S, S) normalised image and (S, S) float mask of sample ``index``."""
         sample = self.samples[index]
-        pixels, _ = images_to_batch([load_image(sample.image_path)], self.image_size, self.mean, self.std)
+        pixels, _ = images_to_batch([load_image(sample.image_path)], self.image_size, self.mean, self.std, self.resize)
         mask = load_mask(sample.mask_path, size=(self.image_size, self.image_size))
         return pixels[0], torch.from_numpy(mask.astype(np.float32))
 
@@ -344,7 +359,10 @@ def train(
 
     samples = collect_training_samples(specs, limit=limit, seed=seed)
     mean, std = detector.backbone.mean_std
-    dataset = TrainingData(samples, detector.config.image_size, mean, std, mosaic_prob=mosaic_prob, seed=seed)
+    resize = detector.config.resize
+    dataset = TrainingData(
+        samples, detector.config.image_size, mean, std, mosaic_prob=mosaic_prob, seed=seed, resize=resize
+    )
     batches_per_epoch = math.ceil(len(dataset) / batch_size)
     total_steps = int(steps) if steps is not None else epochs * batches_per_epoch
 
@@ -358,6 +376,7 @@ def train(
         "mosaic_prob": mosaic_prob,
         "limit": limit,
         "amp": use_amp,
+        "resize": resize,
     }
     learned = detector.learned
     learned.requires_grad_(True)
@@ -467,6 +486,7 @@ def train(
             "training_batch_size": batch_size,
             "training_optimizer": optimizer_spec,
             "training_mosaic_prob": mosaic_prob,
+            "training_resize": resize,
             "training_limit": limit,
             "training_amp": use_amp,
             "training_final_loss": summary["final_loss"],

@@ -127,6 +127,9 @@ class AdaCLIPConfig(MethodConfig):
             PyTorch's default).
         round_prompts_fp16: round inserted prompt tokens to fp16 as the authors' code does.
         checkpoint: trained parameters to load (a file or a released-weights name).
+
+    ``resize`` defaults to the authors' preprocessing (Pillow's bicubic on the 8-bit image;
+    :mod:`zsad_core.preprocess`).
     """
 
     model: str = "ViT-L-14-336:openai"
@@ -134,6 +137,7 @@ class AdaCLIPConfig(MethodConfig):
     quick_gelu: bool = False
     sigma: float = 4.0
     batch_size: int = 8
+    resize: str = "pil-bicubic"
     layers: tuple[int, ...] | None = None
     prompt_length: int = 5
     prompt_depth: int = 4
@@ -150,6 +154,7 @@ class AdaCLIPConfig(MethodConfig):
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prompt_type not in PROMPT_TYPES:
             raise ValueError(
                 f"prompt_type must be one of {PROMPT_TYPES} (static, dynamic, both), got {self.prompt_type!r}"

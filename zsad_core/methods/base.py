@@ -31,7 +31,7 @@ from torch import nn
 
 from ..backbone import ClipBackbone, PlainPass
 from ..postprocess import resize_map_tensor
-from ..preprocess import ImageInput, images_to_batch, load_image
+from ..preprocess import ImageInput, check_resize_policy, images_to_batch, load_image
 from ..prompts import PromptSet, sentence_embeddings
 from ..types import AnomalyResult, MethodInfo, PromptEvidence
 
@@ -46,6 +46,8 @@ class MethodConfig:
         quick_gelu: run the image and text towers with QuickGELU (see methods.md §1.1).
         sigma: Gaussian smoothing of the S x S map, in pixels (0 = none).
         batch_size: images per forward pass in :meth:`Detector.detect`.
+        resize: how images are resized to S x S, one of :data:`~zsad_core.preprocess.RESIZE_POLICIES`;
+            each method's default is its reference implementation's (see :mod:`zsad_core.preprocess`).
     """
 
     model: str
@@ -53,6 +55,10 @@ class MethodConfig:
     quick_gelu: bool = False
     sigma: float = 4.0
     batch_size: int = 8
+    resize: str = "tensor-bicubic"
+
+    def __post_init__(self) -> None:
+        check_resize_policy(self.resize)
 
     def replace(self, **changes: Any) -> MethodConfig:
         """A copy with ``changes``; unknown names raise ``TypeError`` listing the valid ones."""
@@ -344,7 +350,7 @@ class Detector(ABC):
         normalised batch on the CPU, [(H, W), ...] sizes), as :meth:`detect` feeds :attr:`model`."""
         decoded = [image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image) for image in images]
         mean, std = self.backbone.mean_std
-        return images_to_batch(decoded, self.config.image_size, mean, std)
+        return images_to_batch(decoded, self.config.image_size, mean, std, self.config.resize)
 
     @torch.no_grad()
     def predict(self, pixels: torch.Tensor, text: Any = None) -> Prediction:
@@ -404,7 +410,7 @@ class Detector(ABC):
     @property
     def preprocess_key(self) -> tuple:
         """Detectors with equal keys get equal :meth:`preprocess` batches from the same images."""
-        return (self.config.image_size, self.backbone.mean_std)
+        return (self.config.image_size, self.backbone.mean_std, self.config.resize)
 
     @torch.no_grad()
     def run_batch(

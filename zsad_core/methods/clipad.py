@@ -34,7 +34,8 @@ Faithfulness notes (see methods.md §3.7):
   tokens stored at a stage end also receive the *next* block's attention residual before they are
   read. This shifts the class token used in stages 1-3 (and SDP+'s features). ``reference_aliasing``
   (default True) reproduces it; False gives the clean stage-end tokens.
-- The official code rounds RVS vectors to fp16; this implementation keeps fp32.
+- The official code rounds every RVS vector but ``mean`` to fp16 and normalises it in fp16;
+  ``round_text_fp16`` (default True) reproduces that, False keeps fp32 (norms then exactly 1).
 
 - **SDP+** (:class:`SDPPlus`), SDP plus one trained ``Linear(C -> D)`` per stage on the stage-end
   original-path patch tokens (raw residual, no ``ln_post``; with ``reference_aliasing`` as above):
@@ -82,7 +83,11 @@ def _largest_cluster_mean(data: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def representative_vector(
-    embeddings: torch.Tensor, method: str = "dbscan", eps: float = 0.5, min_samples: int = 15
+    embeddings: torch.Tensor,
+    method: str = "dbscan",
+    eps: float = 0.5,
+    min_samples: int = 15,
+    round_fp16: bool = False,
 ) -> torch.Tensor:
     """CLIP-AD's Representative Vector Selection.
 
@@ -90,8 +95,12 @@ def representative_vector(
         embeddings: (P, D) sentence embeddings of one class (normal or abnormal), any norm.
         method: one of :data:`RVS_METHODS`.
         eps, min_samples: DBSCAN parameters.
+        round_fp16: as the official ``encode_text_with_prompt_ensemble`` for every method but
+            ``mean``: the vector is cast to fp16 (``torch.tensor(v, dtype=torch.float16)``) and
+            normalised in fp16 (``v /= v.norm()``, both rounded to fp16), then used as fp32 here.
+            ``mean`` is never rounded (the official code keeps it fp32).
     Returns:
-        (D,) unit vector.
+        (D,) float32 unit vector; when rounded, its norm is within a few 1e-4 of 1 (fp16 precision).
     """
     unit = F.normalize(embeddings.float(), dim=-1)
     if method == "mean":
@@ -100,8 +109,11 @@ def representative_vector(
     if method == "pca":
         # CLIP-AD's pca(E.T, 1): the D coordinates are the samples, so each sentence is centred over its
         # own coordinates; the direction is the first left singular vector of the centred (D, P) matrix.
+        # Their vector is the projection onto that direction (the direction times the singular value);
+        # its scale matters only to the fp16 rounding.
         centred = data - data.mean(axis=1, keepdims=True)
-        direction = np.linalg.svd(centred.T, full_matrices=False)[0][:, 0]
+        left, singular, _ = np.linalg.svd(centred.T, full_matrices=False)
+        direction = left[:, 0] * singular[0]
         vector = direction if direction @ data.mean(0) >= 0 else -direction
     elif method == "kde":
         from sklearn.neighbors import KernelDensity
@@ -118,13 +130,24 @@ def representative_vector(
         vector = _largest_cluster_mean(data, MeanShift(bandwidth=2).fit(data).labels_)
     else:
         raise ValueError(f"unknown RVS method {method!r}; choose from {RVS_METHODS}")
+    if round_fp16:  # on the CPU, so the rounding does not depend on the device
+        half = torch.from_numpy(vector).float().half()
+        return (half / half.norm()).float().to(embeddings.device)
     return F.normalize(torch.from_numpy(vector).float(), dim=-1).to(embeddings.device)
 
 
-def rvs_reducer_name(method: str, eps: float, min_samples: int) -> str:
-    """Register (once) and return the text-reducer name for an RVS setting."""
+def rvs_reducer_name(method: str, eps: float, min_samples: int, round_fp16: bool = False) -> str:
+    """Register (once) and return the text-reducer name for an RVS setting.
+
+    The name is part of the text feature cache key, so every setting that changes the vector is in it.
+    """
     name = f"rvs-{method}" if method != "dbscan" else f"rvs-dbscan-eps{eps}-min{min_samples}"
-    register_reducer(name, functools.partial(representative_vector, method=method, eps=eps, min_samples=min_samples))
+    rounds = round_fp16 and method != "mean"
+    name += "-fp16" if rounds else ""
+    reducer = functools.partial(
+        representative_vector, method=method, eps=eps, min_samples=min_samples, round_fp16=round_fp16
+    )
+    register_reducer(name, reducer)
     return name
 
 
@@ -229,17 +252,25 @@ class SDPConfig(MethodConfig):
         rvs_eps, rvs_min_samples: DBSCAN parameters (the official VisA runs use 1.5 and 25).
         reference_aliasing: reproduce the official in-place aliasing (module docstring).
         map_score_scale: scale of the sigmoid on the map maximum in the single-image score.
+        round_text_fp16: round the representative vectors to fp16 and normalise them in fp16, as
+            the official code does for every RVS but ``mean`` (:func:`representative_vector`);
+            False keeps them fp32.
+
+    ``resize`` defaults to the official preprocessing (Pillow's bicubic on the 8-bit image;
+    :mod:`zsad_core.preprocess`).
     """
 
     model: str = "ViT-B-16-plus-240:laion400m_e31"
     image_size: int = 240
     sigma: float = 8.0
+    resize: str = "pil-bicubic"
     layers: tuple[int, ...] | None = None
     rvs: str = "dbscan"
     rvs_eps: float = 0.5
     rvs_min_samples: int = 15
     reference_aliasing: bool = True
     map_score_scale: float = 0.01
+    round_text_fp16: bool = True
 
 
 class SDPModel(AnomalyModel):
@@ -335,7 +366,8 @@ class SDP(Detector):
 
     @property
     def text_reducer(self) -> str:
-        return rvs_reducer_name(self.config.rvs, self.config.rvs_eps, self.config.rvs_min_samples)
+        config = self.config
+        return rvs_reducer_name(config.rvs, config.rvs_eps, config.rvs_min_samples, config.round_text_fp16)
 
     def _prepare_text(self, class_name: str, prompts: PromptSet) -> torch.Tensor:
         return text_anchors(self.backbone, class_name, prompts, reducer=self.text_reducer, method_id="clipad")

@@ -41,11 +41,15 @@ class WinCLIPConfig(MethodConfig):
         scales: window sides in patches.
         temperature: tau of the two-class softmax over cosine similarities.
         window_batch: window sequences per forward chunk (memory bound, not a result setting).
+
+    ``resize`` defaults to anomalib's preprocessing (a float tensor resized bicubic with
+    antialiasing, not clamped; :mod:`zsad_core.preprocess`).
     """
 
     model: str = "ViT-B-16-plus-240:laion400m_e31"
     image_size: int = 240
     sigma: float = 0.0
+    resize: str = "tensor-bicubic-unclamped"
     scales: tuple[int, ...] = (2, 3)
     temperature: float = 0.07
     window_batch: int = 2048
