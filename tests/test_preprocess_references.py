@@ -19,7 +19,7 @@ from torchvision import transforms
 
 from zsad_core import create_detector
 from zsad_core.methods.adaclip import AdaCLIPConfig
-from zsad_core.methods.base import Prediction
+from zsad_core.methods.base import ModelOutput
 from zsad_core.methods.clipad import SDPConfig, SDPPlusConfig
 from zsad_core.methods.winclip import WinCLIPConfig
 from zsad_core.preprocess import RESIZE_POLICIES, image_to_tensor, images_to_batch, load_image, resize_normalize
@@ -123,19 +123,19 @@ def test_policies_on_a_small_image_upsampled() -> None:
 @pytest.mark.filterwarnings("ignore:adaclip. no checkpoint loaded")
 @pytest.mark.parametrize("method", ["winclip", "sdp", "adaclip"])
 def test_detect_feeds_the_model_its_configured_policy(method: str, monkeypatch) -> None:
-    """detect() hands predict() exactly images_to_batch(..., config.resize) of the decoded file."""
+    """detect() hands the model exactly images_to_batch(..., config.resize) of the decoded file."""
     model = "zsad-tiny-14" if method == "adaclip" else "zsad-tiny"
     size = 56 if method == "adaclip" else 48
     seen: list[torch.Tensor] = []
 
-    def capture(self, pixels: torch.Tensor, text) -> Prediction:
+    def capture(self, pixels: torch.Tensor, text, passes=None) -> ModelOutput:
         seen.append(pixels.cpu())
-        return Prediction(scores=np.zeros(len(pixels)), maps=np.zeros((len(pixels), size, size), np.float32))
+        return ModelOutput(scores=torch.zeros(len(pixels)), maps=torch.zeros(len(pixels), size, size))
 
     path = FIXTURES / "small_upsampled.png"
     for policy in RESIZE_POLICIES:
         detector = create_detector(method, model=model, image_size=size, device="cpu", resize=policy)
-        monkeypatch.setattr(type(detector), "predict", capture)
+        monkeypatch.setattr(type(detector.model), "forward", capture)
         monkeypatch.setattr(type(detector), "_prepare_text", lambda self, name, prompts: None)
         detector.prepare("thing").detect(path)
         mean, std = detector.backbone.mean_std

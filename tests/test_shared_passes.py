@@ -10,7 +10,9 @@ from conftest import make_image
 from zsad_core import create_detector
 from zsad_core.methods.base import SharedPasses, detect_together
 
-SETTINGS = {"model": "zsad-tiny", "image_size": 64, "device": "cpu", "precision": "fp32"}
+# One resize policy for all four, so they see the same pixels (WinCLIP's default, anomalib's tensor
+# path, differs from the others' PIL path: by default it shares no pass with them).
+SETTINGS = {"model": "zsad-tiny", "image_size": 64, "device": "cpu", "precision": "fp32", "resize": "pil-bicubic"}
 METHODS = ["winclip", "sdp", "sdp_plus", "adaclip"]
 
 
@@ -30,6 +32,13 @@ def test_together_equals_alone_and_runs_the_plain_pass_once(detectors: list, mon
     monkeypatch.setattr(backbone, "plain_pass", lambda pixels: calls.append(pixels.shape) or original(pixels))
     together = detect_together(detectors, images, batch_size=2)
     assert calls == [(2, 3, 64, 64), (1, 3, 64, 64)]  # one plain pass per batch for all four methods
+    calls.clear()
+    detectors[0].config = detectors[0].config.replace(resize="tensor-bicubic-unclamped")
+    try:
+        detect_together(detectors, images[:1])
+    finally:
+        detectors[0].config = detectors[0].config.replace(resize="pil-bicubic")
+    assert calls == [(1, 3, 64, 64)] * 2  # WinCLIP's own pixels, and the batch the other three share
     for method, results in together.items():
         assert not isinstance(results, Exception), results
         for ours, theirs in zip(results, alone[method], strict=True):
