@@ -72,6 +72,7 @@ from tqdm import tqdm
 from .backbone import ModelSpecError, WeightsNotFoundError, resolve_device, resolve_precision
 from .data import AnomalyDataset, Sample, load_mask, open_dataset
 from .data.registry import list_dataset_formats
+from .files import write_text_atomic
 from .metrics import METRIC_NAMES, PixelMetricAccumulator, image_metrics
 from .preprocess import ImageError, load_image
 from .registry import get_method, list_methods
@@ -144,14 +145,9 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    """Write ``text`` to ``path`` (its folder created) through a temporary file: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _json_text(data: Any) -> str:

@@ -28,8 +28,8 @@ from PIL import Image
 
 from ..backbone import ClipBackbone
 from ..postprocess import resize_map
-from ..preprocess import ImageInput, images_to_batch, load_image
-from ..prompts import PromptSet, sentence_embeddings
+from ..preprocess import ImageError, ImageInput, images_to_batch, load_image
+from ..prompts import PromptSet, clean_text, sentence_embeddings
 from ..types import AnomalyResult, MethodInfo, PromptEvidence
 
 
@@ -144,8 +144,9 @@ class Detector(ABC):
         """
         base = prompts if prompts is not None else self.default_prompts
         prompts = base.with_overrides(normal_states, abnormal_states, templates)
+        category = clean_text(category, "the category")
         features = self._prepare_text(category, prompts)
-        self._prepared = PreparedText(category=" ".join(category.split()), prompts=prompts, features=features)
+        self._prepared = PreparedText(category=category, prompts=prompts, features=features)
         return self
 
     def prepared(
@@ -230,7 +231,8 @@ class Detector(ABC):
         batch_size: int | None = None,
         *,
         with_evidence: bool = False,
-    ) -> AnomalyResult | list[AnomalyResult]:
+        errors: str = "raise",
+    ) -> AnomalyResult | ImageError | list[AnomalyResult] | list[AnomalyResult | ImageError]:
         """Anomaly score and map for one image, or a list of results for a sequence of images.
 
         Args:
@@ -238,55 +240,83 @@ class Detector(ABC):
             batch_size: images per forward pass (default: the config's).
             with_evidence: keep each result's :class:`~zsad_core.types.PromptEvidence`, for
                 :func:`zsad_core.explain.explain_prompts`.
+            errors: ``"raise"``: an image that cannot be decoded raises and nothing is returned;
+                ``"collect"``: it takes the place of its result as the :class:`ImageError` (which
+                names it), so the good results and the per-image errors come back together, in input order.
         Returns:
             :class:`AnomalyResult` (or a list), each map at its input image's own resolution.
+            ``timings`` are per image: its own decoding and postprocessing, and its share of the
+            batch's resize and forward pass (one pass serves the whole batch).
         Raises:
             RuntimeError: :meth:`prepare` was not called.
-            zsad_core.preprocess.ImageError: an image cannot be decoded.
+            ValueError: ``errors`` is neither "raise" nor "collect".
+            zsad_core.preprocess.ImageError: an image cannot be decoded (``errors="raise"``).
         """
+        if errors not in ("raise", "collect"):
+            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
         prepared = self._prepared  # read once: a concurrent prepare() must not mix categories
         if prepared is None:
             raise RuntimeError(f"{self.method_id}: call prepare(category) before detect()")
         single = isinstance(images, (str, bytes, Image.Image, np.ndarray)) or hasattr(images, "__fspath__")
         items = [images] if single else list(images)
         batch_size = batch_size or self.config.batch_size
-        results: list[AnomalyResult] = []
-        mean, std = self.backbone.mean_std
+        outcomes: list[AnomalyResult | ImageError] = []
         for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
+            outcomes += self._detect_chunk(items[start : start + batch_size], prepared, with_evidence, errors)
+        return outcomes[0] if single else outcomes
+
+    def _detect_chunk(
+        self, chunk: Sequence[ImageInput], prepared: PreparedText, with_evidence: bool, errors: str
+    ) -> list[AnomalyResult | ImageError]:
+        """One forward pass over the images of ``chunk`` that decode; see :meth:`detect`."""
+        outcomes: list[AnomalyResult | ImageError | None] = []
+        decoded, decode_seconds = [], []
+        for item in chunk:
             began = time.perf_counter()
-            decoded = [load_image(item) for item in chunk]
-            pixels, sizes = images_to_batch(decoded, self.config.image_size, mean, std)
-            pixels = pixels.to(self.device)
-            prepared_at = time.perf_counter()
-            prediction = self.predict(pixels, prepared.features)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            predicted_at = time.perf_counter()
-            evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
-            for index, size in enumerate(sizes):
-                model_map = np.asarray(prediction.maps[index], dtype=np.float32)
-                results.append(
-                    AnomalyResult(
-                        score=float(prediction.scores[index]),
-                        anomaly_map=resize_map(model_map, size),
-                        method=self.method_id,
-                        category=prepared.category,
-                        model_map=model_map,
-                        extras={name: float(values[index]) for name, values in prediction.extras.items()},
-                        evidence=evidence[index],
-                    )
-                )
-            finished_at = time.perf_counter()
-            share = 1.0 / len(chunk)
-            for result in results[-len(chunk) :]:
-                result.timings = {
-                    "preprocess": (prepared_at - began) * share,
-                    "model": (predicted_at - prepared_at) * share,
-                    "postprocess": (finished_at - predicted_at) * share,
-                    "total": (finished_at - began) * share,
-                }
-        return results[0] if single else results
+            try:
+                decoded.append(load_image(item))
+            except ImageError as error:
+                if errors == "raise":
+                    raise
+                outcomes.append(error)
+                continue
+            decode_seconds.append(time.perf_counter() - began)
+            outcomes.append(None)
+        if not decoded:
+            return outcomes
+        mean, std = self.backbone.mean_std
+        began = time.perf_counter()
+        pixels, sizes = images_to_batch(decoded, self.config.image_size, mean, std)
+        pixels = pixels.to(self.device)
+        batched_at = time.perf_counter()
+        prediction = self.predict(pixels, prepared.features)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        predicted_at = time.perf_counter()
+        evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
+        share = 1.0 / len(sizes)
+        results = []
+        for index, size in enumerate(sizes):
+            post_began = time.perf_counter()
+            model_map = np.asarray(prediction.maps[index], dtype=np.float32)
+            result = AnomalyResult(
+                score=float(prediction.scores[index]),
+                anomaly_map=resize_map(model_map, size),
+                method=self.method_id,
+                category=prepared.category,
+                model_map=model_map,
+                extras={name: float(values[index]) for name, values in prediction.extras.items()},
+                evidence=evidence[index],
+            )
+            timings = {
+                "preprocess": decode_seconds[index] + (batched_at - began) * share,
+                "model": (predicted_at - batched_at) * share,
+                "postprocess": time.perf_counter() - post_began,
+            }
+            result.timings = {**timings, "total": sum(timings.values())}
+            results.append(result)
+        filled = iter(results)
+        return [outcome if outcome is not None else next(filled) for outcome in outcomes]
 
     # ------------------------------------------------------------------------------ dataset level
     def dataset_scores(self, results: Sequence[AnomalyResult]) -> np.ndarray:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..backbone import ClipBackbone
-from ..preprocess import ImageInput
+from ..preprocess import ImageError, ImageInput
 from ..types import AnomalyResult
 from .base import Detector, MethodConfig
 
@@ -289,7 +289,8 @@ class LearnableDetector(Detector):
         batch_size: int | None = None,
         *,
         with_evidence: bool = False,
-    ) -> AnomalyResult | list[AnomalyResult]:
+        errors: str = "raise",
+    ) -> AnomalyResult | ImageError | list[AnomalyResult] | list[AnomalyResult | ImageError]:
         """As :meth:`Detector.detect`; warns once when the learned parts were never trained or loaded."""
         if not self.trained and not self._warned_untrained and self._prepared is not None:
             self._warned_untrained = True
@@ -300,7 +301,7 @@ class LearnableDetector(Detector):
                 UserWarning,
                 stacklevel=2,
             )
-        return super().detect(images, batch_size=batch_size, with_evidence=with_evidence)
+        return super().detect(images, batch_size=batch_size, with_evidence=with_evidence, errors=errors)
 
     # ------------------------------------------------------------------------------------ training
     @abstractmethod
