@@ -71,6 +71,7 @@ from tqdm import tqdm
 
 from .backbone import ModelSpecError, WeightsNotFoundError, resolve_device, resolve_precision
 from .data import AnomalyDataset, Sample, load_mask, open_dataset
+from .data.masks import check_mask_size, resize_mask
 from .data.registry import list_dataset_formats
 from .files import write_text_atomic
 from .metrics import METRIC_NAMES, PixelMetricAccumulator, image_metrics
@@ -500,9 +501,14 @@ def _attach_masks(decoded: list[_Decoded], size_of: Callable[[Image.Image], tupl
         if item.image is None:
             continue
         try:
-            item.record.mask = load_mask(item.mask_path, size=size_of(item.image))
+            if item.mask_path is None:
+                item.record.mask = load_mask(None, size=size_of(item.image))
+            else:
+                mask = load_mask(item.mask_path)
+                check_mask_size(mask, (item.image.height, item.image.width), item.mask_path, item.record.path)
+                item.record.mask = resize_mask(mask, size_of(item.image))
         except (OSError, ValueError) as error:
-            item.record.error = f"mask {item.mask_path}: {error}"
+            item.record.error = str(error) if str(item.mask_path) in str(error) else f"mask {item.mask_path}: {error}"
             item.image = None
 
 
