@@ -78,7 +78,9 @@ def max_image_pixels() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise ImageError(f"{MAX_PIXELS_VARIABLE} must be a positive whole number, got {os.environ[MAX_PIXELS_VARIABLE]!r}")
+        raise ImageError(
+            f"{MAX_PIXELS_VARIABLE} must be a positive whole number, got {os.environ[MAX_PIXELS_VARIABLE]!r}"
+        )
     return value
 
 
@@ -328,7 +330,7 @@ def load_image(source: ImageInput, name: str | None = None, *, max_pixels: int |
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unusable
         pass
     rgb = to_rgb(image)
-    if tuple(full) != rgb.size:  # reduced: a new image, so the caller's is never marked
+    if rgb is not source:  # never mark the caller's own image
         rgb.info[FULL_SIZE_KEY] = tuple(full)
     return rgb
 
