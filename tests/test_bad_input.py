@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_image, tiny_settings
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from zsad_core import create_detector
@@ -486,3 +488,43 @@ def test_warnings_do_not_leak_pillows_wording(tmp_path: Path, monkeypatch: pytes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_image(tmp_path / "a.png").size == (50, 40)
+
+
+# ------------------------------------------------------------------------------------ property-based
+WRITABLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F")
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+
+
+def image_in_mode(mode: str, height: int, width: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    if mode in ("I", "F"):
+        values = rng.normal(0, 1e4, (height, width))
+        return Image.fromarray(values.astype(np.int32 if mode == "I" else np.float32))
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(
+    mode=st.sampled_from(WRITABLE_MODES),
+    fmt=st.sampled_from(FORMATS),
+    height=st.integers(2, 48),
+    width=st.integers(2, 48),
+    seed=st.integers(0, 2**16),
+)
+def test_any_writable_image_gives_a_finite_map_of_its_own_size(sdp, mode, fmt, height, width, seed) -> None:
+    """Whatever PIL can write (mode x format x size within the limits) decodes to RGB of the same size
+    and yields a finite map of exactly that size; what PIL cannot write is not an input."""
+    picture = image_in_mode(mode, height, width, seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Pillow 12: "saving I mode images as PNG"
+            data = encode(picture, fmt)
+    except (OSError, ValueError, KeyError, TypeError):
+        assume(False)
+    decoded = load_image(data, name=f"{mode}.{fmt.lower()}")
+    assert decoded.mode == "RGB" and decoded.size == (width, height)
+    result = sdp.detect(data)
+    assert result.anomaly_map.shape == (height, width)
+    assert np.isfinite(result.anomaly_map).all() and np.isfinite(result.score)
