@@ -134,6 +134,18 @@ def test_the_pixel_limit_can_pass_pillows_own(monkeypatch: pytest.MonkeyPatch) -
     assert "must be a positive whole number" in error_of(make_image(4, 4))
 
 
+def test_a_callers_lower_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server can refuse smaller images than the library's limit, from the header, in the same words."""
+    path = tmp_path / "a.png"
+    make_image(20, 20).save(path)
+    message = error_of(path, pixel_limit=399)
+    assert message == f"{path}: 20x20 is 400 pixels, more than the limit of 399"
+    assert "limit of 399" in error_of(np.zeros((20, 20), dtype=np.uint8), pixel_limit=399)
+    assert load_image(path, pixel_limit=400).size == (20, 20)
+    monkeypatch.setenv("ZSAD_MAX_IMAGE_PIXELS", "399")  # a caller's higher limit does not lift the library's
+    assert "ZSAD_MAX_IMAGE_PIXELS" in error_of(path, pixel_limit=10**12)
+
+
 def test_animated_gif_uses_the_first_frame_and_says_so() -> None:
     frames = [Image.new("RGB", (12, 10), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
@@ -155,18 +167,18 @@ def test_cmyk_jpeg_and_sixteen_bit_png_and_palette_alpha_decode(tmp_path: Path) 
 
 
 def test_huge_jpeg_is_decoded_reduced_through_draft_and_keeps_its_orientation() -> None:
-    """max_pixels: the JPEG decoder skips the detail (draft), so the full picture is never in memory;
+    """reduce_to: the JPEG decoder skips the detail (draft), so the full picture is never in memory;
     the EXIF rotation still applies and full_size() gives the original (rotated) size."""
     image = Image.new("RGB", (1600, 800), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 400, 800))  # white quarter on the left
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     data = encode(image, "JPEG", exif=exif.tobytes(), quality=90)
-    decoded = load_image(data, max_pixels=100_000)
+    decoded = load_image(data, reduce_to=100_000)
     assert decoded.size == (200, 400)  # 1600x800 / 4 (the smallest whole factor under 100,000 pixels), rotated
     assert full_size(decoded) == (800, 1600)
     assert np.asarray(decoded)[:80].mean() > 200 and np.asarray(decoded)[120:].mean() < 50  # left band on top
-    png = load_image(encode(image, "PNG"), max_pixels=100_000)  # other formats: reduce after decoding
+    png = load_image(encode(image, "PNG"), reduce_to=100_000)  # other formats: reduce after decoding
     assert png.size == (400, 200) and full_size(png) == (1600, 800)
     assert full_size(load_image(data)) == (800, 1600) and load_image(data).size == (800, 1600)
 

@@ -728,7 +728,7 @@ def run_detect(args: argparse.Namespace) -> int:
             decoded = []  # (entry, name, picture) of the images that could be read
             for image in images[start : start + batch_size]:
                 try:
-                    picture = load_image(image.path, max_pixels=max_pixels)
+                    picture = load_image(image.path, reduce_to=max_pixels)
                 except ImageError as error:
                     _report(f"error: {error}")
                     entries.append({"path": str(image.path), "status": "error", "error": str(error), "results": {}})

@@ -18,7 +18,7 @@ package). What it does with awkward input:
 - Truncated files are errors, never partly black pictures: Pillow's ``LOAD_TRUNCATED_IMAGES`` is
   honoured as ``False`` whatever another library set it to, and a PNG whose compressed data holds
   fewer rows than its header declares (which Pillow decodes silently) is refused.
-- ``max_pixels`` (used by the command line for huge pictures): an image with more pixels is decoded
+- ``reduce_to`` (used by the command line for huge pictures): an image with more pixels is decoded
   at a reduced size, by an integer factor, keeping its aspect ratio: JPEGs through Pillow's
   ``draft`` (the decoder itself skips the detail, so the full-size picture is never in memory),
   other formats with ``Image.reduce`` after decoding.
@@ -48,7 +48,7 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 MAX_PIXELS_VARIABLE = "ZSAD_MAX_IMAGE_PIXELS"
 MIN_IMAGE_SIDE = 2
-FULL_SIZE_KEY = "zsad_full_size"  # image.info entry: (W, H) before a ``max_pixels`` reduction
+FULL_SIZE_KEY = "zsad_full_size"  # image.info entry: (W, H) before a ``reduce_to`` reduction
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 # Pillow's bomb check and truncation switch are module globals: they are changed only under this lock,
@@ -92,12 +92,15 @@ def _describe(source: ImageInput, name: str | None) -> str:
     return f"<{type(source).__name__}>"
 
 
-def _check_pixels(width: int, height: int, label: str) -> None:
+def _check_pixels(width: int, height: int, label: str, pixel_limit: int | None = None) -> None:
+    """Refuse more than ``pixel_limit`` pixels (a caller's own, lower limit) or :func:`max_image_pixels`."""
     limit = max_image_pixels()
+    own = pixel_limit is not None and pixel_limit < limit
+    limit = pixel_limit if own else limit
     if width * height > limit:
         raise ImageError(
-            f"{label}: {width}x{height} is {width * height:,} pixels, more than the limit of {limit:,} "
-            f"(set {MAX_PIXELS_VARIABLE} to raise it)"
+            f"{label}: {width}x{height} is {width * height:,} pixels, more than the limit of {limit:,}"
+            + ("" if own else f" (set {MAX_PIXELS_VARIABLE} to raise it)")
         )
 
 
@@ -128,7 +131,6 @@ def _array_to_image(array: np.ndarray, label: str) -> Image.Image:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(f"{label}: array of shape {array.shape} is not an image (H,W), (H,W,3) or (H,W,4)")
-    _check_pixels(array.shape[1], array.shape[0], label)
     if array.dtype == np.uint8:
         return Image.fromarray(array)
     if np.issubdtype(array.dtype, np.floating):
@@ -217,12 +219,12 @@ def _pillow_checks_off(truncated_images_too: bool = False) -> Iterator[None]:
             ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
 
 
-def _reduction_factor(width: int, height: int, max_pixels: int | None) -> int:
-    """The smallest integer factor that brings ``width x height`` to at most ``max_pixels`` (1: none)."""
-    if not max_pixels or width * height <= max_pixels:
+def _reduction_factor(width: int, height: int, reduce_to: int | None) -> int:
+    """The smallest integer factor that brings ``width x height`` to at most ``reduce_to`` (1: none)."""
+    if not reduce_to or width * height <= reduce_to:
         return 1
-    factor = max(2, math.ceil(math.sqrt(width * height / max_pixels)))
-    while math.ceil(width / factor) * math.ceil(height / factor) > max_pixels:
+    factor = max(2, math.ceil(math.sqrt(width * height / reduce_to)))
+    while math.ceil(width / factor) * math.ceil(height / factor) > reduce_to:
         factor += 1
     return factor
 
@@ -238,14 +240,14 @@ def _first_frame(image: Image.Image, label: str) -> None:
         )
 
 
-def _decode_file(handle: IO[bytes] | Path, label: str, max_pixels: int | None) -> Image.Image:
+def _decode_file(handle: IO[bytes] | Path, label: str, reduce_to: int | None, pixel_limit: int | None) -> Image.Image:
     """Open, check the declared size, decode (reduced when asked) and check for truncation."""
     with _pillow_checks_off():
         image = Image.open(handle)
     width, height = image.size
-    _check_pixels(width, height, label)
+    _check_pixels(width, height, label, pixel_limit)
     _first_frame(image, label)
-    factor = _reduction_factor(width, height, max_pixels)
+    factor = _reduction_factor(width, height, reduce_to)
     image.info[FULL_SIZE_KEY] = (width, height)
     if factor > 1 and image.format == "JPEG":
         image.draft(image.mode if image.mode in ("RGB", "L") else None, (-(-width // factor), -(-height // factor)))
@@ -261,7 +263,7 @@ def _decode_file(handle: IO[bytes] | Path, label: str, max_pixels: int | None) -
                 stream = stack.enter_context(open(handle, "rb"))
             if _png_is_short(stream):
                 raise ImageError(f"{label}: truncated PNG (its image data holds fewer rows than its header declares)")
-    factor = _reduction_factor(*image.size, max_pixels)
+    factor = _reduction_factor(*image.size, reduce_to)
     if factor > 1:  # keep the EXIF block: the orientation is applied after the reduction
         exif = image.getexif().tobytes()
         reduced = to_rgb(image).reduce(factor)
@@ -285,29 +287,35 @@ def _open_source(source: bytes | str | os.PathLike, label: str) -> IO[bytes] | P
     return path
 
 
-def load_image(source: ImageInput, name: str | None = None, *, max_pixels: int | None = None) -> Image.Image:
+def load_image(
+    source: ImageInput, name: str | None = None, *, reduce_to: int | None = None, pixel_limit: int | None = None
+) -> Image.Image:
     """Decode ``source`` to an 8-bit RGB PIL image with EXIF orientation applied.
 
     Args:
         source: a path, encoded bytes, a PIL image or an (H, W[, C]) array.
         name: how to name the source in error messages (default: its path or type).
-        max_pixels: decode larger images at a size reduced by an integer factor (aspect ratio kept)
+        reduce_to: decode larger images at a size reduced by an integer factor (aspect ratio kept)
             so that they hold at most this many pixels; None: full size.
+        pixel_limit: refuse images with more pixels than this, a lower limit than
+            :func:`max_image_pixels` (e.g. a server's), checked on the header before decoding; None: that one.
     Returns:
-        RGB PIL image, (W, H) = the source's size after EXIF rotation (or reduced, see ``max_pixels``).
+        RGB PIL image, (W, H) = the source's size after EXIF rotation (or reduced, see ``reduce_to``).
     Raises:
         ImageError: unreadable, truncated, empty, too small or too large images, folders, missing paths.
     """
     label = _describe(source, name)
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            _check_pixels(source.shape[1], source.shape[0], label, pixel_limit)
         image = _array_to_image(source, label)
     elif isinstance(source, Image.Image):
-        _check_pixels(*source.size, label)
+        _check_pixels(*source.size, label, pixel_limit)
         image = source
     elif isinstance(source, (bytes, str, os.PathLike)):
         handle = _open_source(source, label)
         try:
-            image = _decode_file(handle, label, max_pixels)
+            image = _decode_file(handle, label, reduce_to, pixel_limit)
         except ImageError:
             raise
         except UnidentifiedImageError as error:
@@ -336,6 +344,6 @@ def load_image(source: ImageInput, name: str | None = None, *, max_pixels: int |
 
 
 def full_size(image: Image.Image) -> tuple[int, int]:
-    """(W, H) of the picture :func:`load_image` decoded ``image`` from, before any ``max_pixels`` reduction."""
+    """(W, H) of the picture :func:`load_image` decoded ``image`` from, before any ``reduce_to`` reduction."""
     width, height = image.info.get(FULL_SIZE_KEY, image.size)
     return int(width), int(height)
