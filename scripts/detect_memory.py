@@ -26,10 +26,15 @@ import numpy as np
 from PIL import Image
 
 
+def picture_size(megapixels: float) -> tuple[int, int]:
+    """(width, height) of a 4:3 picture of about ``megapixels`` MP."""
+    height = int(math.sqrt(megapixels * 1e6 * 3 / 4))
+    return int(height * 4 / 3), height
+
+
 def write_pictures(folder: Path, count: int, megapixels: float, fmt: str) -> list[Path]:
     """``count`` smooth pictures of about ``megapixels`` MP, 4:3, one in memory at a time."""
-    height = int(math.sqrt(megapixels * 1e6 * 3 / 4))
-    width = int(height * 4 / 3)
+    width, height = picture_size(megapixels)
     paths = []
     for index in range(count):
         seed = np.random.default_rng(index).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -72,8 +77,7 @@ def main() -> None:
         folder = Path(scratch) / "images"
         folder.mkdir()
         paths = write_pictures(folder, args.count, args.megapixels, args.format)
-        with Image.open(paths[0]) as first:
-            size = f"{first.width}x{first.height}"
+        size = "x".join(str(side) for side in picture_size(args.megapixels))
         on_disk = sum(path.stat().st_size for path in paths) / 2**20
         print(
             f"{args.count} {args.format.upper()} pictures of {size} ({on_disk:.0f} MiB on disk), batch {args.batch_size}"

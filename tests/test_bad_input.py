@@ -399,12 +399,13 @@ def test_detect_writes_every_file_with_the_same_umask_permissions(
             capsys, "detect", str(two_images), "--category", "x", "--methods", "sdp", *TINY, "--image-size", "64",
             "--out", str(out),
         )  # fmt: skip
+        create_detector("sdp_plus", **tiny_settings("sdp_plus")).save_checkpoint(out / "trained.safetensors")
     finally:
         os.umask(previous)
     assert status == 0, err
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
     assert set(modes.values()) == {0o644}, modes
-    assert "results.json" in modes
+    assert {"results.json", "trained.safetensors", "a__sdp.png", "a__sdp.npy"} <= set(modes)
 
 
 def test_detect_caps_the_map_size_of_huge_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
