@@ -541,3 +541,22 @@ def test_any_writable_image_gives_a_finite_map_of_its_own_size(sdp, mode, fmt, h
     result = sdp.detect(data)
     assert result.anomaly_map.shape == (height, width)
     assert np.isfinite(result.anomaly_map).all() and np.isfinite(result.score)
+
+
+def test_eval_takes_a_checkpoint_per_learnable_method(sdp_plus_checkpoint: Path, tmp_path: Path) -> None:
+    from zsad_core.evaluate import EvaluationError, evaluate
+    from zsad_core.registry import assign_checkpoints
+
+    both = ["adaclip", "sdp_plus"]
+    assert assign_checkpoints({"sdp_plus": "b"}, both) == {"sdp_plus": "b"}
+    assert assign_checkpoints(["adaclip=a", "sdp_plus=b"], both) == {"adaclip": "a", "sdp_plus": "b"}
+    assert assign_checkpoints("b", ["sdp", "sdp_plus"]) == {"sdp_plus": "b"}
+    assert assign_checkpoints("x=y.safetensors", ["sdp_plus"]) == {"sdp_plus": "x=y.safetensors"}  # not a method id
+    spec = make_synthetic_dataset(tmp_path / "data", "mvtec", n_good=2, n_bad=2, size=32)
+    with pytest.raises(EvaluationError, match="say which one it is for"):
+        evaluate(both, spec, tmp_path / "out", checkpoint="x.safetensors", model="zsad-tiny", device="cpu")
+    results = evaluate(
+        ["sdp", "sdp_plus"], spec, tmp_path / "out", checkpoint=[f"sdp_plus={sdp_plus_checkpoint}"],
+        model="zsad-tiny", image_size=64, device="cpu", progress=False,
+    )  # fmt: skip
+    assert results["settings"]["checkpoint"] == {"sdp_plus": str(sdp_plus_checkpoint)}

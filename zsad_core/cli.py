@@ -210,14 +210,14 @@ def split_list(text: str | None, separator: str, what: str) -> list[str] | None:
 
 # ------------------------------------------------------------------------------------------ list
 def _method_rows() -> list[dict[str, Any]]:
-    from .registry import get_method, list_methods
+    from .registry import list_methods, takes_checkpoint
 
     rows = []
     for info in list_methods():
         row = dataclasses.asdict(info)
         row["map_range"] = list(info.map_range)
         row["score_range"] = list(info.score_range)
-        row["takes_checkpoint"] = _accepts_checkpoint(get_method(info.id))
+        row["takes_checkpoint"] = takes_checkpoint(info.id)
         rows.append(row)
     return rows
 
@@ -349,10 +349,6 @@ def _run_list_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- detect
-def _accepts_checkpoint(detector_class: type) -> bool:
-    return any(field.name == "checkpoint" for field in dataclasses.fields(detector_class.config_class))
-
-
 def _has_glob(text: str) -> bool:
     return any(character in text for character in GLOB_CHARACTERS)
 
@@ -531,53 +527,13 @@ class DetectionRun:
         return path
 
 
-def parse_checkpoints(values: Sequence[str] | None, methods: Sequence[str]) -> dict[str, str]:
-    """``--checkpoint`` values -> ``{method: checkpoint}`` for the learnable methods among ``methods``.
-
-    ``METHOD=CHECKPOINT`` names its method (``adaclip=runs/a.safetensors``); a bare checkpoint is
-    accepted when exactly one learnable method runs.
-
-    Raises:
-        UsageError: a checkpoint for a method that is not run or takes none, two for one method, or
-            a bare one when several learnable methods run.
-    """
-    from .registry import get_method, list_methods
-
-    learnable = [method for method in methods if _accepts_checkpoint(get_method(method))]
-    known = {info.id for info in list_methods()}
-    chosen: dict[str, str] = {}
-    for value in values or ():
-        method, separator, checkpoint = value.partition("=")
-        if not (separator and method in known):
-            method, checkpoint = "", value
-        if not method:
-            if not learnable:
-                raise UsageError(
-                    f"--checkpoint applies to learnable methods only; {', '.join(methods)} "
-                    f"{'takes' if len(methods) == 1 else 'take'} no checkpoint"
-                )
-            if len(learnable) > 1:
-                raise UsageError(
-                    f"--checkpoint {value}: several learnable methods run ({', '.join(learnable)}); "
-                    f"say which one it is for, e.g. --checkpoint {learnable[0]}={value}"
-                )
-            method = learnable[0]
-        elif method not in learnable:
-            reason = "is not among the methods run" if method not in methods else "takes no checkpoint"
-            raise UsageError(f"--checkpoint {value}: {method} {reason} (methods run: {', '.join(methods)})")
-        if method in chosen:
-            raise UsageError(f"--checkpoint: two checkpoints for {method} ({chosen[method]}, {checkpoint})")
-        chosen[method] = checkpoint
-    return chosen
-
-
 def _build_detectors(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, Any]:
-    from .registry import create_detector
+    from .registry import assign_checkpoints, create_detector
 
     normal_states = split_list(args.normal_states, ";", "--normal-states")
     abnormal_states = split_list(args.abnormal_states, ";", "--abnormal-states")
     templates = split_list(args.templates, ";", "--templates")
-    checkpoints = parse_checkpoints(args.checkpoint, methods)
+    checkpoints = assign_checkpoints(args.checkpoint, methods)  # ValueError: one line, exit 2
     detectors = {}
     fallback = _offline_fallback(args, methods)
     for method in methods:
