@@ -19,9 +19,11 @@ package). What it does with awkward input:
   honoured as ``False`` whatever another library set it to, and a PNG whose compressed data holds
   fewer rows than its header declares (which Pillow decodes silently) is refused.
 - ``reduce_to`` (used by the command line for huge pictures): an image with more pixels is decoded
-  at a reduced size, by an integer factor, keeping its aspect ratio: JPEGs through Pillow's
-  ``draft`` (the decoder itself skips the detail, so the full-size picture is never in memory),
-  other formats with ``Image.reduce`` after decoding.
+  at its size divided by the smallest whole factor that fits (rounded up), keeping its aspect
+  ratio: JPEGs through Pillow's ``draft`` (the decoder itself skips the detail, so the full-size
+  picture is never in memory) then a box filter for the rest of the way, other formats with a box
+  filter after decoding.
+- ``pixel_limit``: a caller's own limit below :func:`max_image_pixels` (a server's), same wording.
 - Corrupt, truncated, empty, too small and oversized files, folders and missing paths raise
   :class:`ImageError` naming the file.
 """
@@ -248,9 +250,10 @@ def _decode_file(handle: IO[bytes] | Path, label: str, reduce_to: int | None, pi
     _check_pixels(width, height, label, pixel_limit)
     _first_frame(image, label)
     factor = _reduction_factor(width, height, reduce_to)
+    target = (-(-width // factor), -(-height // factor))
     image.info[FULL_SIZE_KEY] = (width, height)
-    if factor > 1 and image.format == "JPEG":
-        image.draft(image.mode if image.mode in ("RGB", "L") else None, (-(-width // factor), -(-height // factor)))
+    if factor > 1 and image.format == "JPEG":  # the decoder itself scales by 1/2, 1/4 or 1/8, to at least target
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, target)
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by another library: decode this file as if it were False
         with _pillow_checks_off(truncated_images_too=True):
             image.load()
@@ -263,10 +266,9 @@ def _decode_file(handle: IO[bytes] | Path, label: str, reduce_to: int | None, pi
                 stream = stack.enter_context(open(handle, "rb"))
             if _png_is_short(stream):
                 raise ImageError(f"{label}: truncated PNG (its image data holds fewer rows than its header declares)")
-    factor = _reduction_factor(*image.size, reduce_to)
-    if factor > 1:  # keep the EXIF block: the orientation is applied after the reduction
+    if image.size != target:  # the rest of the way (all of it but for JPEG); EXIF kept for the orientation
         exif = image.getexif().tobytes()
-        reduced = to_rgb(image).reduce(factor)
+        reduced = to_rgb(image).resize(target, Image.Resampling.BOX)  # box: the mean of each source area
         reduced.info.update({"exif": exif, FULL_SIZE_KEY: (width, height)})
         image = reduced
     return image
