@@ -425,7 +425,7 @@ def _expand_input(text: str) -> list[InputImage]:
     return found
 
 
-def collect_images(inputs: Sequence[str], problems: list[str] | None = None) -> list[InputImage]:
+def collect_images(inputs: Sequence[str], problems: list[tuple[str, str]] | None = None) -> list[InputImage]:
     """Expand command-line inputs into images, in order, without duplicates, with unique output names.
 
     A file is taken as is (whatever its extension: a bad file is reported when it is decoded);
@@ -435,8 +435,8 @@ def collect_images(inputs: Sequence[str], problems: list[str] | None = None) -> 
 
     Args:
         inputs: the command-line arguments.
-        problems: when given, an input that names no image is described here (one line each) and
-            the others are still collected; when None, it raises.
+        problems: when given, each input that names no image is appended here as ``(input, message)``
+            and the others are still collected; when None, it raises.
     Raises:
         FileNotFoundError: an input that does not exist, or a folder or pattern with no images
             (only when ``problems`` is None).
@@ -448,7 +448,7 @@ def collect_images(inputs: Sequence[str], problems: list[str] | None = None) -> 
         except FileNotFoundError as error:
             if problems is None:
                 raise
-            problems.append(str(error))
+            problems.append((text, str(error)))
     unique: list[InputImage] = []
     seen: set[Path] = set()
     for image in images:
@@ -639,10 +639,10 @@ def run_detect(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     if not methods:
         raise UsageError("no methods to run")
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     images = collect_images(args.images, problems)
     if not images:
-        raise UsageError("; ".join(problems) if problems else "no images to process")
+        raise UsageError("; ".join(message for _, message in problems) or "no images to process")
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
@@ -673,9 +673,8 @@ def run_detect(args: argparse.Namespace) -> int:
             "max_map_pixels": max_pixels,
         },
     )
-    for problem in problems:  # inputs that named no image: reported, the others still run
+    for argument, problem in problems:  # inputs that named no image: reported, the others still run
         _report(f"error: {problem}")
-        argument = problem.split(": ", 1)[0]
         run.images.append({"path": argument, "status": "error", "error": problem, "results": {}})
     progress = _progress(len(images))
     try:
