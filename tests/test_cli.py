@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, make_image
 from PIL import Image
 
 from zsad_core import cli
-from zsad_core.cli import PluginCommand, collect_images, main, unique_stems
+from zsad_core.cli import PluginCommand, collect_images, main, unique_names, unique_stems
 
 TINY = ["--model", "zsad-tiny", "--device", "cpu"]
 
@@ -320,11 +320,10 @@ def test_plugin_command_is_loaded_only_when_used(
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def test_unique_stems() -> None:
-    paths = [Path("x/a/shot.png"), Path("x/b/shot.png"), Path("y/a/shot.jpg"), Path("x/solo.png"), Path("x/Solo.bmp")]
-    names = unique_stems(paths)
-    assert names[0] == "a__shot" and names[1] == "b__shot" and names[2].startswith("a__shot-")
-    assert len({name.lower() for name in names}) == len(paths)
+def test_unique_names() -> None:
+    paths = [Path("x/a/shot.png"), Path("x/b/shot.png"), Path("x/solo.png"), Path("x/Solo.bmp")]
+    assert unique_stems(paths) == ["shot", "shot-2", "solo", "Solo-2"]  # compared case-insensitively
+    assert unique_names(["a", "A", "a"]) == ["a", "A-2", "a-3"]
 
 
 def test_collect_images_recurses_sorts_and_filters(tmp_path: Path) -> None:
@@ -332,9 +331,25 @@ def test_collect_images_recurses_sorts_and_filters(tmp_path: Path) -> None:
     write_image(tmp_path / "sub" / "a.JPG", make_image(8, 8))
     (tmp_path / "readme.md").write_text("x")
     found = collect_images([str(tmp_path)])
-    assert [path.name for path in found] == ["b.png", "a.JPG"]
+    assert [image.path.name for image in found] == ["b.png", "a.JPG"]
     with pytest.raises(FileNotFoundError, match="no images"):
         collect_images([str(tmp_path / "sub" / "*.png")])
+
+
+def test_output_names_do_not_depend_on_the_other_inputs(tmp_path: Path) -> None:
+    """A name is the path below the folder (or pattern) it was found in: 'cut__000' whether or not
+    another '000' is processed in the same run; only exact repeats get '-2'."""
+    for folder in ("good", "cut"):
+        write_image(tmp_path / "data" / folder / "000.png", make_image(8, 8))
+    write_image(tmp_path / "data" / "cut" / "001.png", make_image(8, 8))
+    alone = collect_images([str(tmp_path / "data" / "cut")])
+    assert [image.name for image in alone] == ["000", "001"]
+    together = collect_images([str(tmp_path / "data")])
+    assert [image.name for image in together] == ["cut__000", "cut__001", "good__000"]
+    by_pattern = collect_images([str(tmp_path / "data" / "*" / "000.png")])
+    assert [image.name for image in by_pattern] == ["cut__000", "good__000"]
+    direct = collect_images([str(tmp_path / "data" / "cut" / "000.png"), str(tmp_path / "data" / "good" / "000.png")])
+    assert [image.name for image in direct] == ["000", "000-2"]
 
 
 # ----------------------------------------------------------------------------------------- explain

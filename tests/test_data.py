@@ -146,19 +146,21 @@ def test_mvtec_odd_files(tmp_path):
     assert open_dataset(f"mvtec:{root}").counts() == ds.counts()
 
 
-def test_mvtec_mask_pairing_fallback_and_mismatch(tmp_path):
+def test_masks_are_never_paired_by_sorted_order(tmp_path):
+    """Masks whose names do not match their images are refused, naming both sides, even when the counts
+    match (pairing them by sorted order would silently mismatch them)."""
     spec = make_synthetic_dataset(tmp_path / "m", "mvtec", n_good=1, n_bad=3)
     gt = tmp_path / "m" / "widget" / "ground_truth" / "blob"
     masks = sorted(gt.iterdir())
     for i, m in enumerate(masks):  # names that no longer share the image stems
         m.rename(gt / f"gt_{i:02d}.png")
-    ds = open_dataset(spec)
-    bad = [s for s in ds if s.label]
-    assert [s.mask_path.name for s in bad] == ["gt_00.png", "gt_01.png", "gt_02.png"]
-    assert [s.image_path.name for s in bad] == ["000.png", "001.png", "002.png"]
-    (gt / "gt_00.png").unlink()
-    with pytest.raises(DatasetLayoutError, match="cannot pair masks"):
+    with pytest.raises(DatasetLayoutError, match="cannot pair masks") as error:
         open_dataset(spec)
+    message = str(error.value)
+    assert "000.png" in message and "gt_00.png" in message and "sorted order" in message
+    (gt / "gt_00.png").rename(gt / "000_mask.png")  # one renamed: the other two are still named
+    message = str(pytest.raises(DatasetLayoutError, open_dataset, spec).value)
+    assert "2 image(s)" in message and "['001.png', '002.png']" in message
 
 
 def test_mvtec_missing_ground_truth_means_no_masks(tmp_path):

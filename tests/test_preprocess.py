@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch
 from conftest import make_image
 from PIL import Image
 
-from zsad_core import preprocess
 from zsad_core.preprocess import ImageError, image_to_tensor, images_to_batch, load_image, resize_normalize
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -149,11 +149,11 @@ def test_empty_missing_and_non_image_files(tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
     assert str(text) in _error_message(text)
-    assert "no such file" in _error_message(tmp_path)  # a folder is not an image file
+    assert "is a folder, not an image file" in _error_message(tmp_path)
 
 
 def test_too_large_images_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preprocess, "MAX_IMAGE_PIXELS", 20 * 20 - 1)
+    monkeypatch.setenv("ZSAD_MAX_IMAGE_PIXELS", str(20 * 20 - 1))
     path = tmp_path / "big.png"
     make_image(20, 20).save(path)
     message = _error_message(path)
@@ -163,11 +163,18 @@ def test_too_large_images_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     load_image(make_image(19, 20))  # just under the limit is fine
 
 
-def test_pillow_decompression_bomb_is_an_image_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow raises beyond twice its own limit
+def test_our_limit_replaces_pillows_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's bomb check (warning above its limit, error above twice it) never fires: ours decides."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if 20x20 were a 'bomb' by Pillow's measure
     path = tmp_path / "bomb.png"
     make_image(20, 20).save(path)
-    assert str(path) in _error_message(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail the test
+        assert load_image(path).size == (20, 20)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored: no process-wide change
+    monkeypatch.setenv("ZSAD_MAX_IMAGE_PIXELS", "399")
+    message = _error_message(path)
+    assert "400 pixels, more than the limit of 399" in message and "DOS" not in message
 
 
 @pytest.mark.parametrize("size", [(1, 5), (5, 1), (1, 1)])

@@ -282,3 +282,50 @@ def test_cli_accepts_method_option_and_comma_separated_data(spec, tmp_path, caps
     conflicting = parser.parse_args(["sdp_plus", "--method", "adaclip", "--data", spec, "--out", str(out)])
     assert run_train(conflicting) == 2
     assert "exactly one learnable method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x00\x01garbage" * 50, b"", "foreign", "damaged", "pickle"],
+    ids=["random-bytes", "empty", "foreign-dict", "damaged-state", "malicious-pickle"],
+)
+def test_resume_from_a_bad_state_file_is_one_line(spec, tmp_path, capsys, content):
+    """A corrupt, empty, foreign or damaged OUT.state.pt: exit 2, one 'error:' line naming it, no traceback."""
+    from zsad_core.cli import main
+
+    out = tmp_path / "run.safetensors"
+    state = state_path_for(out)
+    ran = tmp_path / "pickle-ran"
+    if content == "foreign":
+        torch.save({"weights": torch.zeros(3)}, state)
+    elif content == "damaged":  # our format tag, nothing else
+        from zsad_core.training import STATE_FORMAT
+
+        torch.save({"format": STATE_FORMAT, "config": {}}, state)
+    elif content == "pickle":
+        state.write_bytes(_malicious_pickle(ran))
+    else:
+        state.write_bytes(content)
+    argv = ["train", "sdp_plus", "--data", spec, "--out", str(out), "--model", MODEL, "--device", "cpu"]
+    status = main([*argv, "--image-size", str(SIZE), "--steps", "2", "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("error:") and str(state) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not ran.exists()  # the pickle's code never ran
+    if content == "pickle":  # ... though it does run when unpickled without weights_only: the payload is live
+        import pickle
+
+        pickle.loads(state.read_bytes())
+        assert ran.exists()
+
+
+def _malicious_pickle(marker) -> bytes:
+    """A pickle that creates ``marker`` when unpickled (the classic os.system-style payload, harmless here)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Payload())

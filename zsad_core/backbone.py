@@ -636,12 +636,18 @@ class ClipBackbone(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- cache
+MAX_INPUT_SIZE = 2048  # model input side S; a ViT-L/14 at 2048 already attends over 21,316 tokens
 _CACHE: dict[BackboneSpec, ClipBackbone] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def load_backbone(spec: BackboneSpec) -> ClipBackbone:
     """Build (or fetch from the cache) the backbone for ``spec``; one instance per spec."""
+    if spec.image_size is not None and not 0 < spec.image_size <= MAX_INPUT_SIZE:
+        raise ModelSpecError(
+            f"image size {spec.image_size} is outside 1..{MAX_INPUT_SIZE} pixels (the papers use 240 to 518; "
+            "memory grows with the fourth power of the size)"
+        )
     with _CACHE_LOCK:
         if spec not in _CACHE:
             model = _create_open_clip_model(spec)

@@ -13,7 +13,8 @@
 Exit status: 0 when everything worked, 1 when some images could not be processed (each is named on
 stderr, the others are still processed), 2 for usage and configuration errors (unknown method or
 model, missing weights, bad settings), printed as one ``error: ...`` message without a traceback
-(``--debug`` shows it), 130 when interrupted.
+(``--debug`` shows it), 3 for running out of memory and for internal errors (a bug: one line, the
+traceback with ``--debug``), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -26,19 +27,20 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .files import write_text_atomic
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 IMAGE_EXTENSIONS = frozenset(
@@ -46,6 +48,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 GLOB_CHARACTERS = frozenset("*?[")
 RESULTS_FILE = "results.json"
+DEFAULT_MAX_MAP_PIXELS = 4096 * 4096
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +177,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -204,14 +217,14 @@ def split_list(text: str | None, separator: str, what: str) -> list[str] | None:
 
 # ------------------------------------------------------------------------------------------ list
 def _method_rows() -> list[dict[str, Any]]:
-    from .registry import get_method, list_methods
+    from .registry import list_methods, takes_checkpoint
 
     rows = []
     for info in list_methods():
         row = dataclasses.asdict(info)
         row["map_range"] = list(info.map_range)
         row["score_range"] = list(info.score_range)
-        row["takes_checkpoint"] = _accepts_checkpoint(get_method(info.id))
+        row["takes_checkpoint"] = takes_checkpoint(info.id)
         rows.append(row)
     return rows
 
@@ -343,10 +356,6 @@ def _run_list_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- detect
-def _accepts_checkpoint(detector_class: type) -> bool:
-    return any(field.name == "checkpoint" for field in dataclasses.fields(detector_class.config_class))
-
-
 def _has_glob(text: str) -> bool:
     return any(character in text for character in GLOB_CHARACTERS)
 
@@ -359,64 +368,108 @@ def _images_in_folder(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file() and _is_image_name(path))
 
 
-def collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Expand command-line inputs into image paths, in order, without duplicates.
+@dataclass(frozen=True)
+class InputImage:
+    """One image found from the command-line inputs.
+
+    Attributes:
+        path: the file.
+        name: its output name, which depends only on how it was found, never on the other inputs:
+            an image found in a folder or by a pattern is named by its path below that folder (or
+            below the pattern's fixed part), without the extension, ``/`` written ``__``
+            (``good/000.png`` -> ``good__000``); a file named directly is named by its stem.
+    """
+
+    path: Path
+    name: str
+
+
+def _relative_name(path: Path, base: Path) -> str:
+    try:
+        relative = path.relative_to(base)
+    except ValueError:
+        return path.stem
+    return "__".join((*relative.parent.parts, relative.stem)) or path.stem
+
+
+def _glob_base(pattern: str) -> Path:
+    """The part of a glob pattern before its first wildcard component."""
+    parts = []
+    for part in Path(os.path.expanduser(pattern)).parts:
+        if _has_glob(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _expand_input(text: str) -> list[InputImage]:
+    """The images one command-line input names.
+
+    Raises:
+        FileNotFoundError: it does not exist, or is a folder or pattern with no images.
+    """
+    candidate = Path(text).expanduser()
+    if candidate.is_dir():
+        found = [InputImage(path, _relative_name(path, candidate)) for path in _images_in_folder(candidate)]
+        if not found:
+            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise FileNotFoundError(f"{text}: folder holds no images (looked for {extensions})")
+        return found
+    if candidate.exists():
+        return [InputImage(candidate, candidate.stem)]
+    if not _has_glob(text):
+        raise FileNotFoundError(f"{text}: no such file or folder")
+    base = _glob_base(text)
+    found = []
+    for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
+        match_path = Path(match)
+        if match_path.is_dir():
+            found += [InputImage(path, _relative_name(path, base)) for path in _images_in_folder(match_path)]
+        elif match_path.is_file() and _is_image_name(match_path):
+            found.append(InputImage(match_path, _relative_name(match_path, base)))
+    if not found:
+        raise FileNotFoundError(f"{text}: pattern matches no images")
+    return found
+
+
+def collect_images(inputs: Sequence[str], problems: list[tuple[str, str]] | None = None) -> list[InputImage]:
+    """Expand command-line inputs into images, in order, without duplicates, with unique output names.
 
     A file is taken as is (whatever its extension: a bad file is reported when it is decoded);
     a folder gives the images in it and its sub-folders, sorted; a pattern with ``*``, ``?`` or
-    ``[`` is expanded (``**`` recurses) and gives the images it matches, sorted.
+    ``[`` is expanded (``**`` recurses) and gives the images it matches, sorted. Names that still
+    coincide (case-insensitively) get ``-2``, ``-3``, ... appended.
 
+    Args:
+        inputs: the command-line arguments.
+        problems: when given, each input that names no image is appended here as ``(input, message)``
+            and the others are still collected; when None, it raises.
     Raises:
-        FileNotFoundError: an input that does not exist, or a folder or pattern with no images.
+        FileNotFoundError: an input that does not exist, or a folder or pattern with no images
+            (only when ``problems`` is None).
     """
-    paths: list[Path] = []
+    images: list[InputImage] = []
     for text in inputs:
-        candidate = Path(text).expanduser()
-        if candidate.is_dir():
-            found = _images_in_folder(candidate)
-            if not found:
-                extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-                raise FileNotFoundError(f"{text}: folder holds no images (looked for {extensions})")
-            paths += found
-        elif candidate.exists():
-            paths.append(candidate)
-        elif _has_glob(text):
-            found = []
-            for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
-                match_path = Path(match)
-                if match_path.is_dir():
-                    found += _images_in_folder(match_path)
-                elif match_path.is_file() and _is_image_name(match_path):
-                    found.append(match_path)
-            if not found:
-                raise FileNotFoundError(f"{text}: pattern matches no images")
-            paths += found
-        else:
-            raise FileNotFoundError(f"{text}: no such file or folder")
-    unique: list[Path] = []
+        try:
+            images += _expand_input(text)
+        except FileNotFoundError as error:
+            if problems is None:
+                raise
+            problems.append((text, str(error)))
+    unique: list[InputImage] = []
     seen: set[Path] = set()
-    for path in paths:
-        key = path.resolve()
+    for image in images:
+        key = image.path.resolve()
         if key not in seen:
             seen.add(key)
-            unique.append(path)
-    return unique
+            unique.append(image)
+    names = unique_names([image.name for image in unique])
+    return [InputImage(image.path, name) for image, name in zip(unique, names)]
 
 
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """An output name per input: the file stem, made unique when stems repeat.
-
-    Repeated stems get their parent folder's name in front (``good__000`` and ``crack__000``
-    stay readable); any that still collide get ``-2``, ``-3``, ... appended. Names are compared
-    case-insensitively, so they stay distinct on case-insensitive file systems.
-    """
-    stem_counts = Counter(path.stem.lower() for path in paths)
-    names = []
-    for path in paths:
-        if stem_counts[path.stem.lower()] > 1 and path.parent.name:
-            names.append(f"{path.parent.name}__{path.stem}")
-        else:
-            names.append(path.stem)
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats (compared case-insensitively, for case-insensitive file systems) made
+    unique by appending ``-2``, ``-3``, ...; the first occurrence keeps its name."""
     taken: set[str] = set()
     unique = []
     for name in names:
@@ -427,6 +480,11 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
         taken.add(candidate.lower())
         unique.append(candidate)
     return unique
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """The file stems of ``paths``, made unique by :func:`unique_names`."""
+    return unique_names([path.stem for path in paths])
 
 
 def parse_methods(text: str | None) -> list[str]:
@@ -445,17 +503,7 @@ def parse_methods(text: str | None) -> list[str]:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON so that ``path`` always holds either the old or the complete new document."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
-    )
-    try:
-        with handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @dataclass
@@ -487,25 +535,20 @@ class DetectionRun:
 
 
 def _build_detectors(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, Any]:
-    from .registry import create_detector, get_method
+    from .registry import assign_checkpoints, create_detector
 
     normal_states = split_list(args.normal_states, ";", "--normal-states")
     abnormal_states = split_list(args.abnormal_states, ";", "--abnormal-states")
     templates = split_list(args.templates, ";", "--templates")
-    takes_checkpoint = {method: _accepts_checkpoint(get_method(method)) for method in methods}
-    if args.checkpoint is not None and not any(takes_checkpoint.values()):
-        raise UsageError(
-            f"--checkpoint applies to learnable methods only; {', '.join(methods)} "
-            f"{'takes' if len(methods) == 1 else 'take'} no checkpoint"
-        )
+    checkpoints = assign_checkpoints(args.checkpoint, methods)  # ValueError: one line, exit 2
     detectors = {}
     fallback = _offline_fallback(args, methods)
     for method in methods:
         settings: dict[str, Any] = {}
         if args.sigma is not None:
             settings["sigma"] = args.sigma
-        if args.checkpoint is not None and takes_checkpoint[method]:
-            settings["checkpoint"] = args.checkpoint
+        if method in checkpoints:
+            settings["checkpoint"] = checkpoints[method]
         try:
             detector = create_detector(
                 method,
@@ -570,6 +613,26 @@ def _report(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _clean_category(text: str) -> str:
+    from .prompts import clean_text
+
+    category = clean_text(text, "--category")
+    if not category:
+        raise UsageError("--category is empty; give the object's name as it reads in a sentence, e.g. 'bottle'")
+    return category
+
+
+def _image_entry(image: InputImage, picture: Any) -> dict[str, Any]:
+    """The results.json entry of a decoded image: its full size, and the reduction when its maps are smaller."""
+    from .decode import full_size
+
+    width, height = full_size(picture)
+    entry: dict[str, Any] = {"path": str(image.path), "status": "ok", "image_size": [height, width], "results": {}}
+    if picture.size != (width, height):
+        entry["map_scale"] = round(picture.height / height, 6)
+    return entry
+
+
 def run_detect(args: argparse.Namespace) -> int:
     """``detect``: maps, overlays and results.json for every input image and method."""
     import numpy as np
@@ -579,14 +642,14 @@ def run_detect(args: argparse.Namespace) -> int:
     from .visualize import display_range, get_colormap, overlay, save_png
 
     get_colormap(args.cmap)  # a bad colour-map name fails now, not after the models are loaded
-    category = " ".join(args.category.split())
-    if not category:
-        raise UsageError("--category is empty; give the object's name as it reads in a sentence, e.g. 'bottle'")
+    category = _clean_category(args.category)
     methods = parse_methods(args.methods)
     if not methods:
         raise UsageError("no methods to run")
-    paths = collect_images(args.images)
-    stems = unique_stems(paths)
+    problems: list[tuple[str, str]] = []
+    images = collect_images(args.images, problems)
+    if not images:
+        raise UsageError("; ".join(message for _, message in problems) or "no images to process")
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
@@ -594,6 +657,7 @@ def run_detect(args: argparse.Namespace) -> int:
     _warn_random_weights(detectors)
     out_dir.mkdir(parents=True, exist_ok=True)
     batch_size = args.batch_size
+    max_pixels = args.max_map_pixels or None
     run = DetectionRun(
         out_dir=out_dir,
         header={
@@ -608,47 +672,56 @@ def run_detect(args: argparse.Namespace) -> int:
                     "sigma": detector.config.sigma,
                     "device": str(detector.device),
                     "precision": detector.backbone.spec.precision,
+                    "checkpoint": getattr(detector, "checkpoint_source", None),
                 }
                 for method, detector in detectors.items()
             },
             "colour_scale": args.scale,
+            "max_map_pixels": max_pixels,
         },
     )
-    progress = _progress(len(paths))
+    for argument, problem in problems:  # inputs that named no image: reported, the others still run
+        _report(f"error: {problem}")
+        run.images.append({"path": argument, "status": "error", "error": problem, "results": {}})
+    progress = _progress(len(images))
     try:
-        for start in range(0, len(paths), batch_size):
-            batch = list(zip(paths[start : start + batch_size], stems[start : start + batch_size]))
+        for start in range(0, len(images), batch_size):
             entries: list[dict[str, Any]] = []  # one per input, in input order
-            decoded = []  # (entry, stem, picture) of the images that could be read
-            for path, stem in batch:
+            decoded = []  # (entry, name, picture) of the images that could be read
+            for image in images[start : start + batch_size]:
                 try:
-                    picture = load_image(path)
+                    picture = load_image(image.path, reduce_to=max_pixels)
                 except ImageError as error:
                     _report(f"error: {error}")
-                    entries.append({"path": str(path), "status": "error", "error": str(error), "results": {}})
+                    entries.append({"path": str(image.path), "status": "error", "error": str(error), "results": {}})
                     continue
-                entries.append({"path": str(path), "status": "ok", "results": {}})
-                decoded.append((entries[-1], stem, picture))
+                entries.append(_image_entry(image, picture))
+                decoded.append((entries[-1], image.name, picture))
             pictures = [picture for _, _, picture in decoded]
             per_method = {
-                method: detector.detect(pictures, batch_size=batch_size) if pictures else []
+                method: detector.detect(pictures, batch_size=batch_size, errors="collect") if pictures else []
                 for method, detector in detectors.items()
             }
-            for index, (entry, stem, picture) in enumerate(decoded):
-                results = {method: per_method[method][index] for method in methods}
-                ranges = display_range(results, args.scale)
-                for method, result in results.items():
-                    name = f"{stem}__{method}"
-                    np.save(out_dir / f"{name}.npy", result.anomaly_map.astype(np.float32, copy=False))
+            for index, (entry, name, picture) in enumerate(decoded):
+                outcomes = {method: per_method[method][index] for method in methods}
+                failed = [f"{method}: {outcome}" for method, outcome in outcomes.items() if isinstance(outcome, ImageError)]
+                if failed:
+                    _report(f"error: {'; '.join(failed)}")
+                    entry.update(status="error", error="; ".join(failed))
+                    continue
+                ranges = display_range(outcomes, args.scale)
+                for method, result in outcomes.items():
+                    stem = f"{name}__{method}"
+                    np.save(out_dir / f"{stem}.npy", result.anomaly_map.astype(np.float32, copy=False))
                     low, high = ranges[method]
-                    image = overlay(
+                    picture_out = overlay(
                         picture, result, low, high, alpha=args.alpha, cmap=args.cmap, colorbar=args.colorbar
                     )
-                    save_png(out_dir / f"{name}.png", image)
+                    save_png(out_dir / f"{stem}.png", picture_out)
                     summary = result.summary()
                     summary.pop("method", None)
                     summary.pop("category", None)
-                    entry["results"][method] = {**summary, "overlay": f"{name}.png", "map": f"{name}.npy"}
+                    entry["results"][method] = {**summary, "overlay": f"{stem}.png", "map": f"{stem}.npy"}
             run.images += entries
             progress.update(len(entries))
     except KeyboardInterrupt:
@@ -680,9 +753,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .explain import explain_prompts
     from .preprocess import load_image
 
-    category = " ".join(args.category.split())
-    if not category:
-        raise UsageError("--category is empty; give the object's name as it reads in a sentence, e.g. 'bottle'")
+    category = _clean_category(args.category)
     methods = parse_methods(args.methods)
     picture = load_image(args.image)  # a bad file is named before any model is loaded
     detectors = _build_detectors(args, methods)
@@ -765,7 +836,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--sigma", type=_non_negative_float, default=None, help="Gaussian smoothing of the maps in pixels (0 = none)"
     )
     parser.add_argument(
-        "--checkpoint", default=None, help="trained parameters (path or released name) for learnable methods"
+        "--checkpoint",
+        action="append",
+        default=None,
+        metavar="[METHOD=]CHECKPOINT",
+        help="trained parameters (path or released name) of a learnable method, e.g. --checkpoint adaclip=a.safetensors "
+        "--checkpoint sdp_plus=b.safetensors; a bare CHECKPOINT when exactly one learnable method runs",
     )
 
 
@@ -796,6 +872,14 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=_fraction, default=0.5, help="heat-map opacity in the overlays (default: 0.5)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlays (default: jet)")
     parser.add_argument("--colorbar", action="store_true", help="add a colour bar to each overlay")
+    parser.add_argument(
+        "--max-map-pixels",
+        type=_non_negative_int,
+        default=DEFAULT_MAX_MAP_PIXELS,
+        help="images with more pixels are decoded, mapped and written at a size reduced by a whole factor "
+        f"(results.json gives map_scale), which bounds memory and output size; 0: always full size "
+        f"(default: {DEFAULT_MAX_MAP_PIXELS:,} = 4096 x 4096)",
+    )
     parser.set_defaults(handler=run_detect)
 
 
@@ -811,7 +895,7 @@ def build_parser(load_commands: Collection[str] = ()) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(
         prog="zsad",
         description="Zero-shot anomaly detection with CLIP (WinCLIP, CLIP-AD SDP/SDP+, AdaCLIP).",
-        epilog="exit status: 0 ok, 1 some images failed, 2 usage or configuration error",
+        epilog="exit status: 0 ok, 1 some images failed, 2 usage or configuration error, 3 out of memory or internal error",
     )
     parser.add_argument("--version", action="version", version=f"zsad {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -873,6 +957,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (*expected, WeightsIntegrityError)
 
 
+def _out_of_memory_error() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -904,6 +994,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (MemoryError, _out_of_memory_error()) as error:
+        if args.debug:
+            raise
+        print(
+            f"error: out of memory ({type(error).__name__}); try a smaller --batch-size or --image-size"
+            + (" or --max-map-pixels" if args.command == "detect" else ""),
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    except Exception as error:  # noqa: BLE001 - a bug: one line (and the traceback with --debug), not a usage error
+        if args.debug:
+            raise
+        print(
+            f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     logger.debug("%s finished in %.2fs with status %d", args.command, time.perf_counter() - started, status)
     return status
 

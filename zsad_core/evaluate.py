@@ -57,7 +57,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -71,11 +71,14 @@ from tqdm import tqdm
 
 from .backbone import ModelSpecError, WeightsNotFoundError, resolve_device, resolve_precision
 from .data import AnomalyDataset, Sample, load_mask, open_dataset
+from .data.masks import check_mask_size, resize_mask
 from .data.registry import list_dataset_formats
+from .files import write_text_atomic
 from .metrics import METRIC_NAMES, PixelMetricAccumulator, image_metrics
 from .preprocess import ImageError, load_image
-from .registry import get_method, list_methods
+from .registry import assign_checkpoints, get_method, list_methods
 from .types import AnomalyResult
+from .weights import find_released_weights
 
 __all__ = [
     "AUPRO_CHOICES",
@@ -144,14 +147,9 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    """Write ``text`` to ``path`` (its folder created) through a temporary file: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _json_text(data: Any) -> str:
@@ -315,7 +313,7 @@ class _RunConfig:
     precision: str | None
     protocol: str
     aupro_variant: str
-    checkpoint: str | None
+    checkpoints: dict[str, str]  # learnable method -> checkpoint
     batch_size: int | None
     limit: int | None
     resume: bool
@@ -331,9 +329,9 @@ def _method_settings(method: str, config: _RunConfig, device: str) -> dict[str, 
         changes["model"] = config.model
     if config.image_size is not None:
         changes["image_size"] = config.image_size
-    checkpoint = None
-    if config.checkpoint is not None and _takes_checkpoint(method):
-        changes["checkpoint"] = checkpoint = config.checkpoint
+    checkpoint = config.checkpoints.get(method)
+    if checkpoint is not None:
+        changes["checkpoint"] = checkpoint
     resolved = cls.config_class().replace(**changes)
     return {
         "method": method,
@@ -345,11 +343,6 @@ def _method_settings(method: str, config: _RunConfig, device: str) -> dict[str, 
         "limit": config.limit,
         "checkpoint": checkpoint,
     }
-
-
-def _takes_checkpoint(method: str) -> bool:
-    fields = getattr(get_method(method).config_class, "__dataclass_fields__", {})
-    return "checkpoint" in fields
 
 
 def _positive_int(value: Any, what: str) -> int | None:
@@ -376,7 +369,7 @@ def _build_config(
     full_resolution: bool,
     resume: bool,
     aupro_variant: str,
-    checkpoint: str | os.PathLike | None,
+    checkpoint: str | os.PathLike | Sequence[str] | Mapping[str, str] | None,
     batch_size: int | None,
     limit: int | None,
     progress: bool,
@@ -396,10 +389,13 @@ def _build_config(
     variant = AUPRO_CHOICES.get(str(aupro_variant).lower())
     if variant is None:
         raise EvaluationError(f"unknown AUPRO variant {aupro_variant!r}; choose one of {sorted(AUPRO_CHOICES)}")
-    if checkpoint is not None and not any(_takes_checkpoint(m) for m in method_ids):
-        raise EvaluationError(f"--checkpoint was given but none of the methods {method_ids} loads a checkpoint")
-    if checkpoint is not None and not Path(checkpoint).expanduser().exists() and ":" not in str(checkpoint):
-        raise EvaluationError(f"checkpoint file not found: {checkpoint}")
+    try:
+        checkpoints = assign_checkpoints(checkpoint, method_ids)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from error
+    for path in checkpoints.values():
+        if not Path(path).expanduser().exists() and ":" not in path and find_released_weights(path) is None:
+            raise EvaluationError(f"checkpoint file not found: {path}")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise EvaluationError(f"output path {out} exists and is not a folder")
@@ -413,7 +409,7 @@ def _build_config(
         precision=precision,
         protocol="full_resolution" if full_resolution else "model_map",
         aupro_variant=variant,
-        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        checkpoints=checkpoints,
         batch_size=_positive_int(batch_size, "batch size"),
         limit=_positive_int(limit, "limit"),
         resume=bool(resume),
@@ -504,9 +500,14 @@ def _attach_masks(decoded: list[_Decoded], size_of: Callable[[Image.Image], tupl
         if item.image is None:
             continue
         try:
-            item.record.mask = load_mask(item.mask_path, size=size_of(item.image))
+            if item.mask_path is None:
+                item.record.mask = load_mask(None, size=size_of(item.image))
+            else:
+                mask = load_mask(item.mask_path)
+                check_mask_size(mask, (item.image.height, item.image.width), item.mask_path, item.record.path)
+                item.record.mask = resize_mask(mask, size_of(item.image))
         except (OSError, ValueError) as error:
-            item.record.error = f"mask {item.mask_path}: {error}"
+            item.record.error = str(error) if str(item.mask_path) in str(error) else f"mask {item.mask_path}: {error}"
             item.image = None
 
 
@@ -808,7 +809,7 @@ def evaluate(
     full_resolution: bool = False,
     resume: bool = False,
     aupro_variant: str = "cflow",
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Sequence[str] | Mapping[str, str] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     limit: int | None = None,
@@ -830,7 +831,9 @@ def evaluate(
         resume: reuse finished categories saved in ``out_dir/partial`` by an earlier run with the same
             settings (a mismatch raises :class:`EvaluationError`).
         aupro_variant: "cflow" (papers) or "official" (alias "mvtec"), see :func:`zsad_core.metrics.aupro`.
-        checkpoint: trained parameters for the methods that load one (e.g. SDP+, AdaCLIP).
+        checkpoint: trained parameters for the methods that load one (e.g. SDP+, AdaCLIP): ``{method:
+            checkpoint}``, ``"METHOD=CHECKPOINT"`` strings, or one bare checkpoint when exactly one
+            learnable method runs (:func:`zsad_core.registry.assign_checkpoints`).
         batch_size: images per forward pass (default: each method's own).
         progress: show a tqdm progress bar (images x methods, with the time left) on stderr.
         limit: at most this many images per category, both labels kept (:func:`select_samples`).
@@ -1052,7 +1055,7 @@ def _assemble(
             "precision": resolve_precision(config.precision, device),
             "batch_size": config.batch_size,
             "limit": config.limit,
-            "checkpoint": config.checkpoint,
+            "checkpoint": config.checkpoints or None,
             "world_size": dist.world_size,
             "resume": config.resume,
             "datasets": {key: spec for key, (spec, _) in datasets.items()},
@@ -1139,7 +1142,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["cflow", "official"],
         help="AUPRO variant: cflow (as the papers, default) or official (MVTec AD)",
     )
-    parser.add_argument("--checkpoint", help="trained parameters for methods that load one (SDP+, AdaCLIP)")
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="[METHOD=]CHECKPOINT",
+        help="trained parameters of a learnable method (SDP+, AdaCLIP), e.g. --checkpoint adaclip=a.safetensors; "
+        "repeat for each; a bare CHECKPOINT when exactly one learnable method runs",
+    )
     parser.add_argument("--limit", type=int, help="at most N images per category (both labels kept), for quick looks")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

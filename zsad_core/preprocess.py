@@ -1,14 +1,7 @@
-"""Image decoding and the resize/normalise step every method shares (one function, a policy per method).
+"""The resize/normalise step every method shares, after decoding (one function, a policy per method).
 
-Decoding (:func:`load_image`) accepts a path, bytes, a PIL image or a numpy array, and returns an
-8-bit RGB PIL image:
-
-- EXIF orientation is applied, so the map lines up with the picture as a viewer shows it.
-- Any PIL mode: ``L``/``1``/``P``/``CMYK``/``YCbCr``/``LAB``/``HSV`` convert to RGB; images with
-  transparency (``RGBA``, ``LA``, ``P`` with a transparent colour) are composited over white;
-  16-bit and 32-bit images (``I;16``, ``I``, ``F``, common for medical scans) are min-max scaled
-  to 0..255 by their own range, since their nominal range (65535) is rarely used.
-- Corrupt, truncated, empty and oversized files raise :class:`ImageError` naming the file.
+Decoding (:func:`load_image`, any path, bytes, PIL image or array -> 8-bit RGB, bad input -> a
+:class:`ImageError` naming it) lives in :mod:`zsad_core.decode` and is re-exported here.
 
 Resize policy (:func:`resize_normalize`, :func:`images_to_batch`): every image is *squashed* to
 S x S (aspect ratio not kept, no crop), as all the methods' reference implementations do, so every
@@ -38,123 +31,16 @@ and std (OpenAI's for all CLIP weights used here): ``(x - mean) / std`` in float
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+from .decode import ImageError, ImageInput, load_image, to_rgb
 
-MAX_IMAGE_PIXELS = int(os.environ.get("ZSAD_MAX_IMAGE_PIXELS", 100_000_000))
-MIN_IMAGE_SIDE = 2
-
-
-class ImageError(ValueError):
-    """An input image that cannot be used; the message names it and says why."""
-
-
-def _describe(source: ImageInput, name: str | None) -> str:
-    if name:
-        return name
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    return f"<{type(source).__name__}>"
-
-
-def _scale_high_bit_depth(image: Image.Image) -> Image.Image:
-    values = np.asarray(image, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    scaled = np.zeros_like(values) if high <= low else (np.nan_to_num(values, nan=low) - low) / (high - low)
-    return Image.fromarray(np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (see the module docstring for the rules)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _scale_high_bit_depth(image)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def _array_to_image(array: np.ndarray, label: str) -> Image.Image:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ImageError(f"{label}: array of shape {array.shape} is not an image (H,W), (H,W,3) or (H,W,4)")
-    if array.dtype == np.uint8:
-        return Image.fromarray(array)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageError(f"{label}: float image holds NaN or infinite values")
-        if array.min() >= 0 and array.max() <= 1:
-            return Image.fromarray(np.round(array * 255).astype(np.uint8))
-    if array.ndim == 2:  # integer or float grey image of another range: scale by its own range
-        return _scale_high_bit_depth(Image.fromarray(array.astype(np.float32), mode="F"))
-    raise ImageError(f"{label}: colour arrays must be uint8 or float in [0, 1], got {array.dtype}")
-
-
-def load_image(source: ImageInput, name: str | None = None) -> Image.Image:
-    """Decode ``source`` to an 8-bit RGB PIL image with EXIF orientation applied.
-
-    Raises:
-        ImageError: unreadable, truncated, empty, too small or too large images.
-    """
-    label = _describe(source, name)
-    if isinstance(source, np.ndarray):
-        image = _array_to_image(source, label)
-    elif isinstance(source, Image.Image):
-        image = source
-    else:
-        try:
-            if isinstance(source, bytes):
-                if not source:
-                    raise ImageError(f"{label}: empty data")
-                handle = io.BytesIO(source)
-            else:
-                path = Path(source)
-                if not path.is_file():
-                    raise ImageError(f"{label}: no such file")
-                if path.stat().st_size == 0:
-                    raise ImageError(f"{label}: empty file")
-                handle = path
-            image = Image.open(handle)
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageError(
-                    f"{label}: {width}x{height} pixels is more than the limit of {MAX_IMAGE_PIXELS:,} "
-                    "(set ZSAD_MAX_IMAGE_PIXELS to raise it)"
-                )
-            image.load()
-        except ImageError:
-            raise
-        except UnidentifiedImageError as error:
-            raise ImageError(f"{label}: not an image file, or a format Pillow cannot read") from error
-        except Image.DecompressionBombError as error:
-            raise ImageError(f"{label}: image is too large to decode safely ({error})") from error
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ImageError(f"{label}: corrupt or truncated image ({error})") from error
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(f"{label}: {width}x{height} pixels is more than the limit of {MAX_IMAGE_PIXELS:,}")
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise ImageError(f"{label}: {width}x{height} is too small to analyse")
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unusable
-        pass
-    return to_rgb(image)
+__all__ = ["ImageError", "ImageInput", "image_to_tensor", "images_to_batch", "load_image", "resize_normalize", "to_rgb"]
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

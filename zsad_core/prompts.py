@@ -14,6 +14,7 @@ reducer), so a detector prepared twice for the same category encodes its prompts
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -32,8 +33,22 @@ class PromptError(ValueError):
     """A prompt that cannot be used (empty, overlong, malformed template)."""
 
 
+def clean_text(text: str, what: str = "text") -> str:
+    """``text`` with control characters (newlines, tabs, escapes, NUL...) turned into spaces and runs of
+    whitespace collapsed to one, so categories and prompts print on one line and nothing invisible
+    reaches the tokenizer or results.json. Unicode letters and emoji are kept.
+
+    Raises:
+        PromptError: ``text`` is not a string (the message says what it is).
+    """
+    if not isinstance(text, str):
+        raise PromptError(f"{what} must be a string, got {type(text).__name__} {text!r}")
+    visible = "".join(" " if unicodedata.category(character) == "Cc" else character for character in text)
+    return " ".join(visible.split())
+
+
 def _as_state(word: str) -> str:
-    word = " ".join(word.split())
+    word = clean_text(word, "a prompt state")
     if not word:
         raise PromptError("empty state word")
     if word.count("{}") > 1 or "{" in word.replace("{}", "") or "}" in word.replace("{}", ""):
@@ -42,7 +57,7 @@ def _as_state(word: str) -> str:
 
 
 def _as_template(template: str) -> str:
-    template = " ".join(template.split())
+    template = clean_text(template, "a prompt template")
     if template.count("{}") != 1 or "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
         raise PromptError(f"a template must hold '{{}}' (the state phrase) exactly once: {template!r}")
     return template
@@ -92,7 +107,7 @@ class PromptSet:
 
     def sentences(self, class_name: str) -> tuple[list[str], list[str]]:
         """(normal sentences, abnormal sentences) for ``class_name``, template-major within a state."""
-        class_name = " ".join(class_name.split())
+        class_name = clean_text(class_name, "the category / class name")
         if not class_name:
             raise PromptError("empty category / class name")
         if "{" in class_name or "}" in class_name:

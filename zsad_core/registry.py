@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backbone import create_backbone
@@ -87,3 +88,61 @@ def create_detector(
     if getattr(config, "checkpoint", None):  # learnable methods: load their trained parameters
         detector.load_checkpoint(config.checkpoint)
     return detector
+
+
+def takes_checkpoint(method_id: str) -> bool:
+    """Whether the method has trained parts loaded from a checkpoint (its config has ``checkpoint``)."""
+    return "checkpoint" in getattr(get_method(method_id).config_class, "__dataclass_fields__", {})
+
+
+def assign_checkpoints(
+    checkpoints: str | os.PathLike | Sequence[str] | Mapping[str, str] | None, methods: Sequence[str]
+) -> dict[str, str]:
+    """Which learnable method among ``methods`` gets which checkpoint.
+
+    Args:
+        checkpoints: ``{method: checkpoint}``; or ``"METHOD=CHECKPOINT"`` strings (what ``--checkpoint``
+            takes); or one bare checkpoint, accepted when exactly one learnable method is among ``methods``.
+        methods: the method ids being run.
+    Returns:
+        ``{method: checkpoint}`` (file path or released-weights name), learnable methods only.
+    Raises:
+        ValueError: a checkpoint for a method that is not run or takes none, two for one method, a bare
+            one when no or several learnable methods run.
+    """
+    if checkpoints is None:
+        return {}
+    if isinstance(checkpoints, Mapping):
+        pairs = [(str(method), str(value)) for method, value in checkpoints.items()]
+    else:
+        values = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
+        pairs = [_split_checkpoint(str(value)) for value in values]
+    learnable = [method for method in methods if takes_checkpoint(method)]
+    chosen: dict[str, str] = {}
+    for method, checkpoint in pairs:
+        shown = f"{method}={checkpoint}" if method else checkpoint
+        if not method:
+            if not learnable:
+                verb = "takes" if len(methods) == 1 else "take"
+                raise ValueError(
+                    f"checkpoint {shown}: checkpoints apply to learnable methods only; {', '.join(methods)} {verb} none"
+                )
+            if len(learnable) > 1:
+                raise ValueError(
+                    f"checkpoint {shown}: several learnable methods run ({', '.join(learnable)}); say which one it "
+                    f"is for, e.g. {learnable[0]}={checkpoint}"
+                )
+            method = learnable[0]
+        elif method not in learnable:
+            reason = "is not among the methods run" if method not in methods else "takes no checkpoint"
+            raise ValueError(f"checkpoint {shown}: {method} {reason} (methods run: {', '.join(methods)})")
+        if method in chosen:
+            raise ValueError(f"two checkpoints for {method}: {chosen[method]} and {checkpoint}")
+        chosen[method] = checkpoint
+    return chosen
+
+
+def _split_checkpoint(value: str) -> tuple[str, str]:
+    """``"adaclip=a.safetensors"`` -> ``("adaclip", "a.safetensors")``; a bare value -> ``("", value)``."""
+    method, separator, checkpoint = value.partition("=")
+    return (method, checkpoint) if separator and method in _METHODS else ("", value)

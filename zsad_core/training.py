@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -52,8 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_mask, open_dataset
+from .data.masks import check_mask_size, resize_mask
 from .methods.learnable import LearnableDetector
-from .preprocess import check_resize_policy, images_to_batch, load_image
+from .preprocess import ImageError, check_resize_policy, images_to_batch, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +197,7 @@ class TrainingData:
         self.seed = int(seed)
         self.resize = check_resize_policy(resize)
         self.groups: dict[tuple[int, str], list[int]] = {}
+        self.unreadable: dict[int, str] = {}  # sample index -> why it cannot be used (named once, then skipped)
         for index, sample in enumerate(self.samples):
             self.groups.setdefault(sample.group, []).append(index)
 
@@ -206,10 +209,33 @@ class TrainingData:
         return torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(len(self.samples)))
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, S, S) normalised image and (S, S) float mask of sample ``index``."""
-        sample = self.samples[index]
-        pixels, _ = images_to_batch([load_image(sample.image_path)], self.image_size, self.mean, self.std, self.resize)
-        mask = load_mask(sample.mask_path, size=(self.image_size, self.image_size))
+        """(3, S, S) normalised image and (S, S) float mask of sample ``index``.
+
+        A sample whose image or mask cannot be used (unreadable, mask of another size) is named in a
+        warning once and replaced, then and in every later epoch, by the next usable sample, so the
+        run goes on; :attr:`unreadable` lists them (the trainer reports the count).
+        """
+        for offset in range(len(self.samples)):
+            candidate = (index + offset) % len(self.samples)
+            if candidate in self.unreadable:
+                continue
+            try:
+                return self._load_sample(self.samples[candidate])
+            except (ImageError, OSError, ValueError) as error:
+                self.unreadable[candidate] = str(error)
+                warnings.warn(f"training: skipping {self.samples[candidate].image_path}: {error}", stacklevel=2)
+        raise ValueError(f"none of the {len(self.samples)} training images can be read")
+
+    def _load_sample(self, sample: TrainingSample) -> tuple[torch.Tensor, torch.Tensor]:
+        size = (self.image_size, self.image_size)
+        image = load_image(sample.image_path)
+        pixels, _ = images_to_batch([image], self.image_size, self.mean, self.std, self.resize)
+        if sample.mask_path is None:
+            mask = load_mask(None, size=size)
+        else:
+            mask = load_mask(sample.mask_path)
+            check_mask_size(mask, (image.height, image.width), sample.mask_path, sample.image_path)
+            mask = resize_mask(mask, size)
         return pixels[0], torch.from_numpy(mask.astype(np.float32))
 
     def item(self, index: int, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -468,6 +494,7 @@ def train(
         "last_epoch_loss": float(np.mean(last_epoch)) if last_epoch else float("nan"),
         "losses": losses,
         "images": len(dataset),
+        "unreadable": dict(sorted((str(dataset.samples[i].image_path), why) for i, why in dataset.unreadable.items())),
         "batch_size": batch_size,
         "seed": seed,
         "out": str(out),
@@ -505,23 +532,39 @@ def _restore_state(
     """Load a resumable state into the detector, optimiser and scaler; returns (step, losses)."""
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no training state at {path} (it is written during training)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot resume: {path} is not a readable zsad training state ({_first_line(error)}); "
+            "delete it to start afresh"
+        ) from error
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a zsad training state")
-    saved = state["config"]
+        raise ValueError(f"cannot resume: {path} is not a zsad training state; delete it to start afresh")
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
     for key in _RESUME_KEYS:
         if saved.get(key) != run_config[key]:
             raise ValueError(
                 f"cannot resume from {path}: setting {key!r} differs (state: {saved.get(key)!r}, "
                 f"now: {run_config[key]!r}); resume with the same settings or start afresh"
             )
-    detector.learned.load_state_dict(state["learned"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["step"]), [float(v) for v in state["losses"]]
+    try:
+        detector.learned.load_state_dict(state["learned"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return int(state["step"]), [float(v) for v in state["losses"]]
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"cannot resume: {path} is damaged or from another version ({_first_line(error)}); delete it to start afresh"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -621,4 +664,10 @@ def run_train(args: argparse.Namespace) -> int:
         f"{summary['last_epoch_loss']:.4f}, {summary['seconds_per_step']:.2f} s/step\n"
         f"checkpoint: {summary['out']}\nresumable state: {summary['state']}"
     )
+    if summary["unreadable"]:
+        print(
+            f"{len(summary['unreadable'])} image(s) skipped (unreadable, or a mask of another size): "
+            + ", ".join(summary["unreadable"]),
+            file=sys.stderr,
+        )
     return 0

@@ -186,16 +186,17 @@ def _mask_keys(stem: str) -> set[str]:
 
 
 def pair_masks(images: Sequence[Path], mask_dir: Path | None) -> list[Path | None]:
-    """Pair each image with its mask in ``mask_dir``.
+    """Pair each image with its mask in ``mask_dir``, by name only.
 
     Pairing is by file stem, case-insensitive, allowing the mask stem to carry a suffix
     (``000.png`` <-> ``000_mask.png`` / ``000.png`` / ``000_Segmentation.png``); the extensions may
-    differ. When some image has no unique stem match but the counts are equal, images and masks are
-    paired in sorted (natural) order, as the reference implementations do. A missing ``mask_dir``
-    gives ``None`` for every image.
+    differ. Images and masks are never paired by their sorted order: when names do not match, a
+    wrong pairing would silently move every pixel metric. A missing ``mask_dir`` gives ``None``
+    for every image.
 
     Raises:
-        DatasetLayoutError: stems do not match and the image and mask counts differ.
+        DatasetLayoutError: an image without a mask of its name, or with several; the message names
+            them and the masks left over.
     """
     if mask_dir is None or not mask_dir.is_dir():
         return [None] * len(images)
@@ -210,17 +211,15 @@ def pair_masks(images: Sequence[Path], mask_dir: Path | None) -> list[Path | Non
         paired.append(exact[0] if len(exact) == 1 else None)
     if all(p is not None for p in paired) and len(set(paired)) == len(paired):
         return paired
-    if len(masks) == len(images):
-        order = sorted(range(len(images)), key=lambda i: natural_key(images[i].name))
-        by_order: list[Path | None] = [None] * len(images)
-        for mask, i in zip(masks, order, strict=True):  # masks are already in natural order
-            by_order[i] = mask
-        return by_order
-    unmatched = [img.name for img, p in zip(images, paired, strict=True) if p is None][:5]
+    unmatched = [img.name for img, p in zip(images, paired, strict=True) if p is None]
+    left_over = sorted(m.name for m in set(masks) - set(paired))
     raise DatasetLayoutError(
         f"cannot pair masks in '{mask_dir}' ({len(masks)} files) with {len(images)} images in "
-        f"'{images[0].parent if images else '?'}': images without a mask of the same stem "
-        f"(e.g. '000.png' <-> '000_mask.png'): {unmatched}; pairing by sorted order needs equal counts"
+        f"'{images[0].parent if images else '?'}' by name: {len(unmatched)} image(s) without exactly one mask "
+        f"of the same stem (e.g. '000.png' <-> '000.png' or '000_mask.png'): {unmatched[:5]}"
+        f"{'...' if len(unmatched) > 5 else ''}; masks not matching any image: {left_over[:5]}"
+        f"{'...' if len(left_over) > 5 else ''}. Rename the masks after their images (they are never paired by "
+        "sorted order, which silently mismatches them)"
     )
 
 

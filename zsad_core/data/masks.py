@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["load_mask", "mask_array"]
+__all__ = ["check_mask_size", "load_mask", "mask_array", "resize_mask"]
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -72,8 +72,29 @@ def load_mask(path: Path | str | None, size: tuple[int, int] | None = None) -> n
         raise FileNotFoundError(f"mask file not found: {path}")
     with Image.open(path) as im:
         mask = mask_array(im)
-    if size is not None and mask.shape != size:
-        h, w = size
-        resized = Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR)
-        mask = np.asarray(resized) > 0.5
-    return mask
+    return mask if size is None else resize_mask(mask, size)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool -> ``size`` (height, width) bool: bilinear on a float 0/1 image, > 0.5 (the reference protocol)."""
+    h, w = _check_size(size)
+    if mask.shape == (h, w):
+        return mask
+    resized = Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(resized) > 0.5
+
+
+def check_mask_size(mask: np.ndarray, image_size: tuple[int, int], mask_path: Path | str, image_path: Path | str) -> None:
+    """Refuse a mask whose size is not its image's: stretching it would silently misplace the defect.
+
+    Args:
+        mask: (H, W) mask at its file's own size.
+        image_size: (height, width) of the decoded image.
+    Raises:
+        ValueError: the sizes differ; the message names both files and sizes.
+    """
+    if tuple(mask.shape) != tuple(image_size):
+        raise ValueError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+            f"{image_size[1]}x{image_size[0]}: masks must have their image's size (not stretched)"
+        )

@@ -31,8 +31,8 @@ anomalous (pixel metrics only); tried in order:
    common prefixes must agree (``..._Test_Data`` <-> ``..._Test_GroundTruth``). If several pairs
    qualify, the one whose path names the dataset (``CVC-ColonDB/``) wins, then the shallowest, then
    a ``test`` one, then the first in sorted order (``PNG/`` before ``TIF/`` for CVC-ClinicDB).
-   Masks are paired by stem, the suffixes ``_mask``/``_Segmentation``/``_gt`` allowed, or by sorted
-   order when the counts match.
+   Masks are paired by stem, the suffixes ``_mask``/``_Segmentation``/``_gt`` allowed, never by
+   sorted order.
 
 The original CVC-ColonDB release (images and ``p<N>.tiff`` masks in one folder) is not accepted:
 split it into ``images/`` and ``masks/``.

@@ -12,8 +12,8 @@ Accepted layout (``mvtec:/path``)::
 - MVTec 3D-AD's original layout is accepted too: ``test/<defect>/rgb/*.png`` with masks in
   ``test/<defect>/gt/*.png`` (the xyz point clouds are ignored).
 - Any image extension (png, jpg, jpeg, bmp, tif, tiff, webp), case-insensitive; hidden files skipped.
-- Masks are paired by stem (``000.png`` <-> ``000_mask.png``), falling back to sorted order when
-  the stems differ but the counts match; otherwise a :class:`DatasetLayoutError` is raised.
+- Masks are paired by stem (``000.png`` <-> ``000_mask.png``), never by sorted order; an image
+  without a mask of its name raises a :class:`DatasetLayoutError` naming it.
 - A defect folder without a ``ground_truth/<defect>`` folder gives ``mask_path=None``
   (and then ``has_masks`` is False for the whole dataset).
 """

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..backbone import ClipBackbone, PlainPass
 from ..postprocess import resize_map_tensor
-from ..preprocess import ImageInput, check_resize_policy, images_to_batch, load_image
-from ..prompts import PromptSet, sentence_embeddings
+from ..preprocess import ImageError, ImageInput, check_resize_policy, images_to_batch, load_image
+from ..prompts import PromptSet, clean_text, sentence_embeddings
 from ..types import AnomalyResult, MethodInfo, PromptEvidence
 
 
@@ -209,7 +209,9 @@ class Detector(ABC):
 
     def __repr__(self) -> str:
         category = self._prepared.category if self._prepared else None
-        return f"{type(self).__name__}(model={self.config.model!r}, size={self.config.image_size}, category={category!r})"
+        return (
+            f"{type(self).__name__}(model={self.config.model!r}, size={self.config.image_size}, category={category!r})"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -244,8 +246,9 @@ class Detector(ABC):
         """
         base = prompts if prompts is not None else self.default_prompts
         prompts = base.with_overrides(normal_states, abnormal_states, templates)
+        category = clean_text(category, "the category")
         features = self._prepare_text(category, prompts)
-        self._prepared = PreparedText(category=" ".join(category.split()), prompts=prompts, features=features)
+        self._prepared = PreparedText(category=category, prompts=prompts, features=features)
         return self
 
     def prepared(
@@ -348,7 +351,9 @@ class Detector(ABC):
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images (decoded RGB PIL images, or anything :func:`load_image` takes) -> ((B, 3, S, S)
         normalised batch on the CPU, [(H, W), ...] sizes), as :meth:`detect` feeds :attr:`model`."""
-        decoded = [image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image) for image in images]
+        decoded = [
+            image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image) for image in images
+        ]
         mean, std = self.backbone.mean_std
         return images_to_batch(decoded, self.config.image_size, mean, std, self.config.resize)
 
@@ -372,7 +377,8 @@ class Detector(ABC):
         batch_size: int | None = None,
         *,
         with_evidence: bool = False,
-    ) -> AnomalyResult | list[AnomalyResult]:
+        errors: str = "raise",
+    ) -> AnomalyResult | ImageError | list[AnomalyResult] | list[AnomalyResult | ImageError]:
         """Anomaly score and map for one image, or a list of results for a sequence of images.
 
         Args:
@@ -380,28 +386,46 @@ class Detector(ABC):
             batch_size: images per forward pass (default: the config's).
             with_evidence: keep each result's :class:`~zsad_core.types.PromptEvidence`, for
                 :func:`zsad_core.explain.explain_prompts`.
+            errors: ``"raise"``: an image that cannot be decoded raises and nothing is returned;
+                ``"collect"``: it takes the place of its result as the :class:`ImageError` (which
+                names it), so the good results and the per-image errors come back together, in input order.
         Returns:
             :class:`AnomalyResult` (or a list), each map at its input image's own resolution.
+            ``timings`` are per image: its own decoding and postprocessing, and its share of the
+            batch's resize and forward pass (one pass serves the whole batch).
         Raises:
             RuntimeError: :meth:`prepare` was not called.
-            zsad_core.preprocess.ImageError: an image cannot be decoded.
+            ValueError: ``errors`` is neither "raise" nor "collect".
+            zsad_core.preprocess.ImageError: an image cannot be decoded (``errors="raise"``).
         """
+        if errors not in ("raise", "collect"):
+            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
         prepared = self._require_prepared()
         self.warn_if_untrained()
         single = isinstance(images, (str, bytes, Image.Image, np.ndarray)) or hasattr(images, "__fspath__")
         items = [images] if single else list(images)
         batch_size = batch_size or self.config.batch_size
-        results: list[AnomalyResult] = []
+        outcomes: list[AnomalyResult | ImageError] = []
         for start in range(0, len(items), batch_size):
-            began = time.perf_counter()
-            pixels, sizes = self.preprocess([load_image(item) for item in items[start : start + batch_size]])
-            preprocess_seconds = (time.perf_counter() - began) / len(sizes)
-            batch = self.run_batch(pixels, sizes, with_evidence=with_evidence, prepared=prepared)
-            for result in batch:
-                result.timings["preprocess"] = preprocess_seconds
-                result.timings["total"] += preprocess_seconds
-            results.extend(batch)
-        return results[0] if single else results
+            outcomes += self._detect_chunk(items[start : start + batch_size], prepared, with_evidence, errors)
+        return outcomes[0] if single else outcomes
+
+    def _detect_chunk(
+        self, chunk: Sequence[ImageInput], prepared: PreparedText, with_evidence: bool, errors: str
+    ) -> list[AnomalyResult | ImageError]:
+        """One forward pass over the images of ``chunk`` that decode; see :meth:`detect`."""
+        outcomes, decoded, decode_seconds = decode_chunk(chunk, errors)
+        if not decoded:
+            return list(outcomes)
+        began = time.perf_counter()
+        pixels, sizes = self.preprocess(decoded)
+        resize_share = (time.perf_counter() - began) / len(sizes)
+        results = self.run_batch(pixels, sizes, with_evidence=with_evidence, prepared=prepared)
+        for result, seconds in zip(results, decode_seconds):
+            result.timings["preprocess"] = seconds + resize_share
+            result.timings["total"] += seconds + resize_share
+        filled = iter(results)
+        return [outcome if outcome is not None else next(filled) for outcome in outcomes]
 
     def warn_if_untrained(self) -> None:
         """Methods with trained parts warn once when they run untrained; nothing to say here."""
@@ -438,27 +462,26 @@ class Detector(ABC):
         output = self.model(pixels.to(self.device), prepared.features, passes)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        predicted_at = time.perf_counter()
-        # Maps go back to each image's size on the model's device; one copy to the host at the end.
-        resized = [resize_map_tensor(output.maps[index], size).cpu().numpy() for index, size in enumerate(sizes)]
         prediction = Prediction.from_output(output)
         evidence = self._evidence(prediction, prepared) if with_evidence else [None] * len(sizes)
-        results = [
-            AnomalyResult(
+        shared_seconds = (time.perf_counter() - began) / len(sizes)  # one pass serves the whole batch
+        results = []
+        for index, size in enumerate(sizes):
+            post_began = time.perf_counter()
+            # The map goes back to the image's size on the model's device; one copy to the host.
+            resized = resize_map_tensor(output.maps[index], size).cpu().numpy()
+            result = AnomalyResult(
                 score=float(prediction.scores[index]),
-                anomaly_map=resized[index],
+                anomaly_map=resized,
                 method=self.method_id,
                 category=prepared.category,
                 model_map=prediction.maps[index],
                 extras={name: float(values[index]) for name, values in prediction.extras.items()},
                 evidence=evidence[index],
             )
-            for index in range(len(sizes))
-        ]
-        finished_at = time.perf_counter()
-        for result in results:
-            model, post = (predicted_at - began) / len(sizes), (finished_at - predicted_at) / len(sizes)
-            result.timings = {"model": model, "postprocess": post, "total": model + post}
+            post = time.perf_counter() - post_began
+            result.timings = {"model": shared_seconds, "postprocess": post, "total": shared_seconds + post}
+            results.append(result)
         return results
 
     # ------------------------------------------------------------------------------ dataset level
@@ -471,6 +494,33 @@ class Detector(ABC):
         return np.array([result.score for result in results], dtype=np.float64)
 
 
+def decode_chunk(
+    chunk: Sequence[ImageInput], errors: str = "raise"
+) -> tuple[list[ImageError | None], list[Image.Image], list[float]]:
+    """Decode a chunk of images for :meth:`Detector.detect` and :func:`detect_together`.
+
+    Returns:
+        outcomes: per input, its :class:`ImageError` (``errors="collect"``) or None (decoded);
+        decoded: the decoded images, in input order; seconds: each decoded image's decoding time.
+    Raises:
+        ImageError: an image cannot be decoded and ``errors="raise"``.
+    """
+    outcomes: list[ImageError | None] = []
+    decoded, seconds = [], []
+    for item in chunk:
+        began = time.perf_counter()
+        try:
+            decoded.append(load_image(item))
+        except ImageError as error:
+            if errors == "raise":
+                raise
+            outcomes.append(error)
+            continue
+        seconds.append(time.perf_counter() - began)
+        outcomes.append(None)
+    return outcomes, decoded, seconds
+
+
 @torch.no_grad()
 def detect_together(
     detectors: Sequence[Detector],
@@ -478,7 +528,8 @@ def detect_together(
     batch_size: int = 8,
     *,
     with_evidence: bool = False,
-) -> dict[str, list[AnomalyResult] | Exception]:
+    errors: str = "raise",
+) -> dict[str, list[AnomalyResult | ImageError] | Exception]:
     """Several prepared detectors on the same images, running every pass they can share once.
 
     Each batch is decoded once and preprocessed once per distinct :attr:`Detector.preprocess_key`;
@@ -491,42 +542,47 @@ def detect_together(
         detectors: prepared detectors with distinct method ids.
         images: paths, bytes, PIL images or arrays.
         batch_size: images per forward pass.
-        with_evidence: as :meth:`Detector.detect`.
+        with_evidence, errors: as :meth:`Detector.detect`.
     Returns:
-        method id -> its results in image order, or the exception that stopped it (the others go on).
+        method id -> its results in image order (with ``errors="collect"``, an image that cannot be
+        decoded is its :class:`ImageError` in every method's list), or the exception that stopped
+        that method (the others go on).
     Raises:
-        zsad_core.preprocess.ImageError: an image cannot be decoded.
+        zsad_core.preprocess.ImageError: an image cannot be decoded and ``errors="raise"``.
     """
     ids = [detector.method_id for detector in detectors]
     if len(set(ids)) != len(ids):
         raise ValueError(f"detect_together needs distinct methods, got {ids}")
-    outcomes: dict[str, list[AnomalyResult] | Exception] = {method: [] for method in ids}
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    outcomes: dict[str, list[AnomalyResult | ImageError] | Exception] = {method: [] for method in ids}
     for detector in detectors:
         detector.warn_if_untrained()
     items = list(images)
     for start in range(0, len(items), batch_size):
-        began = time.perf_counter()
-        decoded = [load_image(item) for item in items[start : start + batch_size]]
-        decode_seconds = (time.perf_counter() - began) / len(decoded)
+        failures, decoded, decode_seconds = decode_chunk(items[start : start + batch_size], errors)
         passes = SharedPasses()
         batches: dict[tuple, tuple[torch.Tensor, list[tuple[int, int]], float]] = {}
         for detector in detectors:
             done = outcomes[detector.method_id]
             if isinstance(done, Exception):
                 continue
+            batch: list[AnomalyResult] = []
             try:
-                key = (detector.preprocess_key, detector.device)
-                if key not in batches:
-                    resized_at = time.perf_counter()
-                    pixels, sizes = detector.preprocess(decoded)
-                    batches[key] = (pixels.to(detector.device), sizes, (time.perf_counter() - resized_at) / len(sizes))
-                pixels, sizes, resize_seconds = batches[key]
-                batch = detector.run_batch(pixels, sizes, passes=passes, with_evidence=with_evidence)
+                if decoded:
+                    key = (detector.preprocess_key, detector.device)
+                    if key not in batches:
+                        began = time.perf_counter()
+                        pixels, sizes = detector.preprocess(decoded)
+                        batches[key] = (pixels.to(detector.device), sizes, (time.perf_counter() - began) / len(sizes))
+                    pixels, sizes, resize_seconds = batches[key]
+                    batch = detector.run_batch(pixels, sizes, passes=passes, with_evidence=with_evidence)
             except Exception as error:  # noqa: BLE001 - one method's failure must not stop the others
                 outcomes[detector.method_id] = error
                 continue
-            for result in batch:
-                result.timings["preprocess"] = decode_seconds + resize_seconds
-                result.timings["total"] += decode_seconds + resize_seconds
-            done.extend(batch)
+            for result, seconds in zip(batch, decode_seconds):
+                result.timings["preprocess"] = seconds + resize_seconds
+                result.timings["total"] += seconds + resize_seconds
+            filled = iter(batch)
+            done.extend(failure if failure is not None else next(filled) for failure in failures)
     return outcomes

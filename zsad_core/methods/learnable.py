@@ -148,9 +148,10 @@ class LearnableDetector(Detector):
             extra_metadata: more metadata (training data, steps...); non-string values are
                 JSON-encoded. Setting keys cannot be overridden this way.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from .. import __version__
+        from ..files import write_bytes_atomic
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +159,7 @@ class LearnableDetector(Detector):
         metadata = {key: _metadata_string(value) for key, value in (extra_metadata or {}).items()}
         metadata.update(self.setting_metadata())
         metadata.update({"format": CHECKPOINT_FORMAT, "zsad_version": __version__})
-        temporary = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
+        write_bytes_atomic(path, save(tensors, metadata=metadata))  # mode from the umask, like every output
 
     def load_checkpoint(self, source: str | os.PathLike) -> None:
         """Load trained parameters into ``self.learned``.
