@@ -1,13 +1,14 @@
 """The app's limits, its faults and the files it serves, against the app running in-process on loopback.
 
 The server is started by ``app.launch`` with small limits (3 images, 40,000 pixels, 300 kB per
-file, a queue of 1, one job at a time) on the tiny random-weight model, and driven through
-``gradio_client`` and plain HTTP.
+file, a queue of 1, one job at a time) on the embedded zsad-toy (its 128-px input keeps requests
+fast), and driven through ``gradio_client`` and plain HTTP.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import struct
 import sys
@@ -29,7 +30,9 @@ sys.path.insert(0, str(REPO_ROOT))  # app.py lives at the repository root (the S
 
 gradio_client = pytest.importorskip("gradio_client")
 import app as zsad_app  # noqa: E402
+from zsad_core.compare import ComparisonRun  # noqa: E402
 from zsad_core.methods.base import Detector  # noqa: E402
+from zsad_core.types import AnomalyResult  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 SECRET = "zsad-secret-4f1c9"  # the content of a file the server must never send
@@ -61,7 +64,7 @@ def served(tmp_path_factory):
     private = tmp_path_factory.mktemp("private")
     (private / "secret.txt").write_text(SECRET)
     settings = zsad_app.AppSettings(
-        model="zsad-tiny",
+        model="zsad-toy",
         warmup=False,
         max_images=3,
         max_pixels=40_000,
@@ -209,6 +212,33 @@ def test_a_full_queue_answers_at_once_and_the_queued_requests_finish(served, mon
         release.set()
         for connection in clients:
             connection.close()
+
+
+def _alive() -> dict[str, int]:
+    """How many results, comparisons and detectors (of every method) exist in this process."""
+
+    def family(kind: type) -> set[type]:
+        return {kind}.union(*(family(sub) for sub in kind.__subclasses__()))
+
+    kinds = {member: kind.__name__ for kind in (ComparisonRun, AnomalyResult, Detector) for member in family(kind)}
+    gc.collect()
+    counts = dict.fromkeys(kinds.values(), 0)
+    for thing in gc.get_objects():
+        name = kinds.get(type(thing))
+        if name is not None:
+            counts[name] += 1
+    return counts
+
+
+def test_requests_leave_nothing_behind(served, client) -> None:
+    """The memory a request uses is freed after it: no results, no prepared detector copies (the
+    pool keeps the detectors it built, and only those). A leak per request fails here whatever the load."""
+    _, _, folder, _ = served
+    _detect(client, folder, "small.png", methods="winclip,sdp")  # builds (or reuses) the pooled detectors
+    before = _alive()
+    for _ in range(3):
+        _detect(client, folder, "small.png", "other.png", methods="winclip,sdp")
+    assert _alive() == before
 
 
 # ------------------------------------------------------------------------------------------ faults
