@@ -74,77 +74,76 @@ SESSION_LIFETIME_S = 3600  # a session's maps are dropped an hour after its last
 
 
 # ------------------------------------------------------------------------------------ settings
-def _env_number(name: str, default: float, kind: type = int) -> Callable[[], Any]:
-    """Default factory: environment variable ``name`` as ``kind``, else ``default``; a clear error if malformed."""
+def _limit(variable: str, default: Any) -> Any:
+    """A limit field of :class:`AppSettings`: environment variable ``variable`` when set, else ``default``
+    (its type decides how the variable is read; a malformed value is an error naming the variable)."""
+    kind = type(default)
 
     def read() -> Any:
-        text = os.environ.get(name, "").strip()
+        text = os.environ.get(variable, "").strip()
         if not text:
             return default
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"{name} must be a {'whole ' if kind is int else ''}number, got {text!r}") from None
+            raise ValueError(f"{variable} must be a {'whole ' if kind is int else ''}number, got {text!r}") from None
 
-    return read
-
-
-# Each limit: (setting, environment variable, command-line flag); defaults are the fields' own.
-LIMITS = (
-    ("max_images", "ZSAD_MAX_IMAGES", "--max-images"),
-    ("max_pixels", "ZSAD_MAX_PIXELS", "--max-pixels"),
-    ("max_side", "ZSAD_MAX_SIDE", "--max-side"),
-    ("max_file_size", "ZSAD_MAX_FILE_SIZE", "--max-file-size"),
-    ("max_seconds", "ZSAD_MAX_SECONDS", "--max-seconds"),
-    ("queue_size", "ZSAD_QUEUE_SIZE", "--queue-size"),
-    ("concurrency", "ZSAD_CONCURRENCY", "--concurrency"),
-)
+    return field(default_factory=read, metadata={"variable": variable})
 
 
 @dataclass(frozen=True)
 class AppSettings:
-    """How the page is served, and its limits (each also read from its environment variable).
+    """How the page is served, and its limits (each also read from its environment variable; each
+    a flag of ``python app.py``, ``--max-images`` for ``max_images``; docs/reliability.md).
 
     Attributes:
         model: the backbone selected when the page opens (a model string or ``"paper"``).
         device, precision: where and how the models run (None: CUDA + fp16 when present, else CPU + fp32).
         warmup: run each method once at start-up, to load it and to measure seconds per image.
-        max_images: images per request (``ZSAD_MAX_IMAGES``); more is refused with a message.
-        max_pixels: pixels per image as its file declares (``ZSAD_MAX_PIXELS``); larger files are
-            reported without being decoded, the request's other images go on.
-        max_side: larger pictures are reduced to this longer side (``ZSAD_MAX_SIDE``; bounds the maps
-            kept per session).
-        max_file_size: bytes per uploaded file, as Gradio reads it ("25mb"; ``ZSAD_MAX_FILE_SIZE``);
-            a larger upload is refused by the server before it is stored.
-        max_seconds: seconds of model work per request (``ZSAD_MAX_SECONDS``), checked between
-            images and methods: the results so far are returned with a message, the worker is freed.
-        queue_size: requests waiting at most (``ZSAD_QUEUE_SIZE``); one more is refused at once
-            ("Queue is full").
-        concurrency: model requests run at the same time (``ZSAD_CONCURRENCY``); the rest wait in
-            the queue. Detectors are shared read-only, so more than one is safe; it pays only with
-            spare cores or GPU memory.
+        max_images: images per request; more is refused with a message.
+        max_pixels: pixels per image as its file declares; larger files are reported without being
+            decoded, the request's other images go on.
+        max_side: larger pictures are reduced to this longer side (bounds the maps kept per session).
+        max_file_size: bytes per uploaded file, as Gradio reads it ("25mb" = 25 x 1024**2); a larger
+            upload is refused by the server before it is stored.
+        max_seconds: seconds of model work per request, checked between images and methods: the
+            results so far are returned with a message, and the worker is free.
+        queue_size: requests waiting at most; one more is refused at once ("Queue is full").
+        concurrency: model requests run at the same time; the rest wait in the queue. Detectors are
+            shared read-only, so more than one is safe; it pays only with spare cores or GPU memory.
     """
 
     model: str
     device: str | None = None
     precision: str | None = None
     warmup: bool = True
-    max_images: int = field(default_factory=_env_number("ZSAD_MAX_IMAGES", 16))
-    max_pixels: int = field(default_factory=_env_number("ZSAD_MAX_PIXELS", 50_000_000))
-    max_side: int = field(default_factory=_env_number("ZSAD_MAX_SIDE", 2048))
-    max_file_size: str = field(default_factory=lambda: os.environ.get("ZSAD_MAX_FILE_SIZE", "").strip() or "25mb")
-    max_seconds: float = field(default_factory=_env_number("ZSAD_MAX_SECONDS", 300.0, float))
-    queue_size: int = field(default_factory=_env_number("ZSAD_QUEUE_SIZE", 32))
-    concurrency: int = field(default_factory=_env_number("ZSAD_CONCURRENCY", 1))
+    max_images: int = _limit("ZSAD_MAX_IMAGES", 16)
+    max_pixels: int = _limit("ZSAD_MAX_PIXELS", 50_000_000)
+    max_side: int = _limit("ZSAD_MAX_SIDE", 2048)
+    max_file_size: str = _limit("ZSAD_MAX_FILE_SIZE", "25mb")
+    max_seconds: float = _limit("ZSAD_MAX_SECONDS", 300.0)
+    queue_size: int = _limit("ZSAD_QUEUE_SIZE", 32)
+    concurrency: int = _limit("ZSAD_CONCURRENCY", 1)
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_pixels", "max_side", "max_seconds", "queue_size", "concurrency"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name, _, _ in LIMITS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
         try:
             gr.utils._parse_file_size(self.max_file_size)
         except Exception as error:  # noqa: BLE001 - Gradio's own parser decides what it accepts
-            raise ValueError(f"max_file_size must be like '25mb' or a number of bytes, got {self.max_file_size!r}") from error
+            raise ValueError(
+                f"max_file_size must be like '25mb' or a number of bytes, got {self.max_file_size!r}"
+            ) from error
+
+
+# (setting, environment variable, command-line flag) of every limit
+LIMITS = tuple(
+    (item.name, item.metadata["variable"], "--" + item.name.replace("_", "-"))
+    for item in fields(AppSettings)
+    if "variable" in item.metadata
+)
 
 
 def default_model(requested: str | None = None, downloadable: bool | None = None) -> str:
@@ -917,18 +916,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA")
     parser.add_argument("--no-warmup", action="store_true", help="skip the start-up run that measures each method")
-    limits = parser.add_argument_group("limits (defaults: the environment variable named, else the value shown)")
-    defaults = {item.name: item for item in fields(AppSettings)}
+    limits = parser.add_argument_group("limits (default: the environment variable named, else the value shown)")
+    factories = {item.name: item.default_factory for item in fields(AppSettings)}
     for name, variable, flag in LIMITS:
-        kind = defaults[name].type
-        default = defaults[name].default_factory()  # type: ignore[misc]  # reads the environment
-        limits.add_argument(
-            flag,
-            dest=name,
-            type={"int": int, "float": float}.get(kind, str),
-            default=None,
-            help=f"(${variable}; now {default})",
-        )
+        current = factories[name]()  # type: ignore[misc]  # reads the environment
+        limits.add_argument(flag, dest=name, type=type(current), default=None, help=f"${variable}, now {current}")
     return parser.parse_args(argv)
 
 

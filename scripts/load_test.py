@@ -77,6 +77,8 @@ class LoadReport:
     rss_end_mb: float = 0.0
     rss_max_mb: float = 0.0
     slope_mb_per_100: float = 0.0
+    late_slope_mb_per_100: float = 0.0  # over the second half of the requests only
+    settle_requests: int = 0  # requests before the slope fit starts
     machine: str = ""
 
     @property
@@ -281,11 +283,12 @@ def run_load(
         report.wall_s = time.perf_counter() - began
         finished.set()
         sampler.join()
-    settle_requests = int(settle * report.requests)
+    settle_requests = report.settle_requests = int(settle * report.requests)
     settled = [mb for _, d, mb in report.rss_samples if d >= settle_requests] or [report.rss_samples[-1][2]]
     report.rss_start_mb, report.rss_end_mb = settled[0], report.rss_samples[-1][2]
     report.rss_max_mb = max(mb for _, _, mb in report.rss_samples)
     report.slope_mb_per_100 = fit_slope(report.rss_samples, settle_requests)
+    report.late_slope_mb_per_100 = fit_slope(report.rss_samples, report.requests // 2)
     return report
 
 
@@ -298,10 +301,12 @@ def summary(report: LoadReport) -> str:
             f"{report.answered} answered, {len(report.failed)} failed, {len(report.cross_talk)} wrong answers",
             f"latency per request (queue wait included): p50 {report.percentile(50):.2f} s, "
             f"p95 {report.percentile(95):.2f} s, max {max(report.latencies_s, default=float('nan')):.2f} s; "
-            f"wall {report.wall_s:.1f} s ({report.answered / max(report.wall_s, 1e-9):.2f} requests/s)",
+            f"wall {report.wall_s:.1f} s ({report.answered / max(report.wall_s, 1e-9):.2f} requests/s, "
+            f"{report.wall_s / max(report.answered, 1):.2f} s of server time per request)",
             f"server RSS: {report.rss_samples[0][2]:.0f} MB before the first request, {report.rss_start_mb:.0f} MB "
             f"once settled, {report.rss_end_mb:.0f} MB at the end, max {report.rss_max_mb:.0f} MB; "
-            f"slope {report.slope_mb_per_100:+.2f} MB per 100 requests ({len(report.rss_samples)} samples)",
+            f"slope {report.slope_mb_per_100:+.2f} MB per 100 requests after the first {report.settle_requests}, "
+            f"{report.late_slope_mb_per_100:+.2f} over the second half ({len(report.rss_samples)} samples)",
         ]
     )
 

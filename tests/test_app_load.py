@@ -31,7 +31,8 @@ METHODS = "winclip,sdp"  # two methods keep the build short; the script's own ru
 
 @pytest.fixture(scope="module")
 def server():
-    process, url = load_test.start_server("zsad-toy", ["--queue-size", "16"])
+    # two requests at a time: sessions really share the pooled detectors while the answers are checked
+    process, url = load_test.start_server("zsad-toy", ["--queue-size", "16", "--concurrency", "2"])
     yield process, url
     load_test.stop_server(process)
 
