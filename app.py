@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -191,6 +192,8 @@ class ZsadApp:
         self.detect_calls = 0  # model runs served (the threshold redraw must never add one)
         self.downloadable = hub_reachable()  # asked once: offline, nothing waits for a download
         self.archive_dir = Path(tempfile.mkdtemp(prefix="zsad-archives-"))
+        # removed with the app, or at the latest when Python exits (Gradio serves its own copies of them)
+        weakref.finalize(self, shutil.rmtree, self.archive_dir, ignore_errors=True)
 
     # --------------------------------------------------------------------------------- text
     def model_note(self, model: str) -> str:

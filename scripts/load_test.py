@@ -24,6 +24,7 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -104,11 +105,13 @@ def start_server(model: str, app_args: Sequence[str] = (), timeout_s: float = 60
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    cache = tempfile.TemporaryDirectory(prefix="zsad-load-gradio-")  # its own: other Gradio apps' files are safe
+    env["GRADIO_TEMP_DIR"] = cache.name
     log = tempfile.TemporaryFile(mode="w+")
     command = [sys.executable, str(REPO_ROOT / "app.py"), "--model", model, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--no-warmup", *app_args]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    process.log = log  # type: ignore[attr-defined]  # stop_server and error messages read it
+    process.log, process.cache = log, cache  # type: ignore[attr-defined]  # kept until stop_server
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -120,20 +123,25 @@ def start_server(model: str, app_args: Sequence[str] = (), timeout_s: float = 60
                     return process, url
         except OSError:
             time.sleep(0.5)
-    stop_server(process)
     log.seek(0)
-    raise RuntimeError(f"the app did not start ({' '.join(command)}):\n{log.read()[-3000:]}")
+    output = log.read()[-3000:]
+    stop_server(process)
+    raise RuntimeError(f"the app did not start ({' '.join(command)}):\n{output}")
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    """Stop the child started by :func:`start_server` (this process's own child, by its id)."""
-    if process.poll() is None:
-        process.terminate()
+    """Stop the child started by :func:`start_server` (this process's own child, by its id): Ctrl-C
+    first, so the app closes and removes its files, then SIGTERM, then SIGKILL."""
+    for stop in (lambda: process.send_signal(signal.SIGINT), process.terminate, process.kill):
+        if process.poll() is not None:
+            break
+        stop()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            continue
+    process.log.close()  # type: ignore[attr-defined]
+    process.cache.cleanup()  # type: ignore[attr-defined]
 
 
 def rss_mb(pid: int) -> float:

@@ -21,7 +21,7 @@ import load_test  # noqa: E402
 pytestmark = pytest.mark.slow
 
 # A server's RSS moves with the allocator: over the 200-request run in docs/reliability.md the
-# steepest 15-request stretch rose 1.6 MB per request with no trend overall. 5 MB per request is
+# steepest 15-request stretch rose 1.7 MB per request with no trend overall. 5 MB per request is
 # three times that: this catches gross leaks, such as a copy of the model kept per request
 # (zsad-toy: 17 MB). Smaller ones (each request's results or prepared detectors) are caught
 # exactly, by counting live objects, in tests/test_app_reliability.py.

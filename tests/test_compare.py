@@ -295,7 +295,8 @@ def test_a_time_limit_stops_between_images_and_keeps_what_was_done(pool: Detecto
     run = run_comparison(pool, pictures, ["sdp", "winclip"], "cap", model=TINY, time_limit=0.2)
     done = [(image.name, method) for image in run.images for method in image.results]
     assert len(done) <= 1  # the first image may start before the limit; nothing after it
-    assert run.messages()[0] == run.stopped == "stopped at the time limit of 0.2 s per request: the rest was not run"
+    assert run.messages() == [run.stopped]  # one line, not one per image and method left undone
+    assert run.stopped == "stopped at the time limit of 0.2 s per request: the rest was not run"
     assert run.method_errors.get("winclip") == "not run: the time limit was reached"
     unfinished = [image.errors.get("sdp") for image in run.images if "sdp" not in image.results]
     assert unfinished and set(unfinished) == {"not run: the time limit was reached"}

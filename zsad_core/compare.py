@@ -36,6 +36,7 @@ from .registry import create_detector, get_method
 from .types import AnomalyResult
 
 ProgressCallback = Callable[[float, str], None]
+NOT_RUN = "not run: the time limit was reached"  # what a run stopped by its time limit says of the rest
 
 
 @dataclass(frozen=True)
@@ -182,13 +183,13 @@ class ComparisonRun:
         return [method for method in self.methods if any(method in image.results for image in self.images)]
 
     def messages(self) -> list[str]:
-        """Every failure as one readable line (a stop first: it explains the "not run" lines)."""
+        """Every failure as one readable line; a stop is one line for everything it left undone."""
         lines = [self.stopped] if self.stopped else []
-        lines += [f"{method}: {message}" for method, message in self.method_errors.items()]
+        lines += [f"{method}: {message}" for method, message in self.method_errors.items() if message != NOT_RUN]
         for image in self.images:
             if image.error:
                 lines.append(image.error)  # decoding errors already name the image
-            lines += [f"{image.name}, {method}: {message}" for method, message in image.errors.items()]
+            lines += [f"{image.name}, {m}: {message}" for m, message in image.errors.items() if message != NOT_RUN]
         return lines
 
     def seconds_per_image(self) -> dict[str, float]:
@@ -338,7 +339,7 @@ def run_comparison(
         method_model = model or info.default_model
         run.method_models[method] = method_model
         if out_of_time():
-            run.method_errors[method] = "not run: the time limit was reached"
+            run.method_errors[method] = NOT_RUN
             continue
         try:
             checkpoint = checkpoints.get(method)
@@ -370,7 +371,7 @@ def run_comparison(
         }
         for index, outcome in enumerate(readable):
             if out_of_time():
-                outcome.errors[method] = "not run: the time limit was reached"
+                outcome.errors[method] = NOT_RUN
                 continue
             report(done / steps, f"{info.name}: image {index + 1} of {len(readable)} ({outcome.name})")
             began = time.perf_counter()
