@@ -5,18 +5,23 @@
 Also the Hugging Face Space's ``app_file``. This file is only the page: every computation (models,
 maps, colour scales, masks, prompt explanations, the results archive) lives in ``zsad_core`` and is
 tested there. Named API endpoints for ``gradio_client``: ``/detect`` and ``/explain`` (README).
+Limits per request and of the queue: :class:`AppSettings` (flags and environment variables,
+docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import traceback
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ from zsad_core.availability import (
     model_status,
 )
 from zsad_core.backbone import list_project_models
-from zsad_core.compare import ComparisonRun, DetectorPool, run_comparison
+from zsad_core.compare import ComparisonRun, DetectorPool, failure_message, run_comparison
 from zsad_core.explain import explain_prompts
 from zsad_core.prompts import PromptError, PromptSet
 from zsad_core.visualize import (
@@ -65,32 +70,81 @@ SCALES = {
     "shared (each method's range on these images, 0-1)": "per_method",
     "own scale per map": "per_image",
 }
-MAX_IMAGES = int(os.environ.get("ZSAD_MAX_IMAGES", 16))
-MAX_SIDE = int(os.environ.get("ZSAD_MAX_SIDE", 2048))
-MAX_FILE_SIZE = os.environ.get("ZSAD_MAX_FILE_SIZE", "25mb")
 ARCHIVE_LIFETIME_S = 3600  # results ZIPs and Gradio's copies of files are removed after an hour
 SESSION_LIFETIME_S = 3600  # a session's maps are dropped an hour after its last run
 
 
 # ------------------------------------------------------------------------------------ settings
+def _limit(variable: str, default: Any) -> Any:
+    """A limit field of :class:`AppSettings`: environment variable ``variable`` when set, else ``default``
+    (its type decides how the variable is read; a malformed value is an error naming the variable)."""
+    kind = type(default)
+
+    def read() -> Any:
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            return default
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{variable} must be a {'whole ' if kind is int else ''}number, got {text!r}") from None
+
+    return field(default_factory=read, metadata={"variable": variable})
+
+
 @dataclass(frozen=True)
 class AppSettings:
-    """How the page is served.
+    """How the page is served, and its limits (each also read from its environment variable; each
+    a flag of ``python app.py``, ``--max-images`` for ``max_images``; docs/reliability.md).
 
     Attributes:
         model: the backbone selected when the page opens (a model string or ``"paper"``).
         device, precision: where and how the models run (None: CUDA + fp16 when present, else CPU + fp32).
         warmup: run each method once at start-up, to load it and to measure seconds per image.
-        max_images: images per request.
+        max_images: images per request; more is refused with a message.
+        max_pixels: pixels per image as its file declares; larger files are reported without being
+            decoded, the request's other images go on.
         max_side: larger pictures are reduced to this longer side (bounds the maps kept per session).
+        max_file_size: bytes per uploaded file, as Gradio reads it ("25mb" = 25 x 1024**2); a larger
+            upload is refused by the server before it is stored.
+        max_seconds: seconds of model work per request, checked between images and methods: the
+            results so far are returned with a message, and the worker is free.
+        queue_size: requests waiting at most; one more is refused at once ("Queue is full").
+        concurrency: model requests run at the same time; the rest wait in the queue. Detectors are
+            shared read-only, so more than one is safe; it pays only with spare cores or GPU memory.
     """
 
     model: str
     device: str | None = None
     precision: str | None = None
     warmup: bool = True
-    max_images: int = MAX_IMAGES
-    max_side: int = MAX_SIDE
+    max_images: int = _limit("ZSAD_MAX_IMAGES", 16)
+    max_pixels: int = _limit("ZSAD_MAX_PIXELS", 50_000_000)
+    max_side: int = _limit("ZSAD_MAX_SIDE", 2048)
+    max_file_size: str = _limit("ZSAD_MAX_FILE_SIZE", "25mb")
+    max_seconds: float = _limit("ZSAD_MAX_SECONDS", 300.0)
+    queue_size: int = _limit("ZSAD_QUEUE_SIZE", 32)
+    concurrency: int = _limit("ZSAD_CONCURRENCY", 1)
+
+    def __post_init__(self) -> None:
+        for name, _, _ in LIMITS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        try:
+            gr.utils._parse_file_size(self.max_file_size)
+        except Exception as error:  # noqa: BLE001 - Gradio's own parser decides what it accepts
+            raise ValueError(
+                f"max_file_size must be like '25mb' or a number of bytes, got {self.max_file_size!r}"
+            ) from error
+
+
+# (setting, environment variable, command-line flag) of every limit
+LIMITS = tuple(
+    (item.name, item.metadata["variable"], "--" + item.name.replace("_", "-"))
+    for item in fields(AppSettings)
+    if "variable" in item.metadata
+)
 
 
 def default_model(requested: str | None = None, downloadable: bool | None = None) -> str:
@@ -138,6 +192,8 @@ class ZsadApp:
         self.detect_calls = 0  # model runs served (the threshold redraw must never add one)
         self.downloadable = hub_reachable()  # asked once: offline, nothing waits for a download
         self.archive_dir = Path(tempfile.mkdtemp(prefix="zsad-archives-"))
+        # removed with the app, or at the latest when Python exits (Gradio serves its own copies of them)
+        weakref.finalize(self, shutil.rmtree, self.archive_dir, ignore_errors=True)
 
     # --------------------------------------------------------------------------------- text
     def model_note(self, model: str) -> str:
@@ -233,15 +289,21 @@ class ZsadApp:
                 shutil.rmtree(folder, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=self.archive_dir)) / name  # one folder each: names stay readable
 
+    def checked_count(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """``items`` when there is at least one and no more than the limit; else :class:`gr.Error`."""
+        if not items:
+            raise gr.Error("Add at least one image (upload, drop, paste or webcam).")
+        if len(items) > self.settings.max_images:
+            raise gr.Error(
+                f"{len(items)} images is more than this server's limit of {self.settings.max_images} per request."
+            )
+        return items
+
     def api_request(
         self, files: list[str] | None, prompt_json: str
     ) -> tuple[list[tuple[str, str]], tuple[list[str] | None, list[str] | None, list[str] | None]]:
         """Check an API call's images and prompt overrides; raise :class:`gr.Error` naming the problem."""
-        items = [(Path(f).name, f) for f in (files or [])]
-        if not items:
-            raise gr.Error("no images given")
-        if len(items) > self.settings.max_images:
-            raise gr.Error(f"{len(items)} images is more than the limit of {self.settings.max_images} per call")
+        items = self.checked_count([(Path(f).name, f) for f in (files or [])])
         try:
             overrides = json.loads(prompt_json) if (prompt_json or "").strip() else {}
         except json.JSONDecodeError as error:
@@ -377,12 +439,33 @@ def _compute_on_device(
         abnormal_states=abnormal,
         templates=templates,
         max_side=app.settings.max_side,
+        max_pixels=app.settings.max_pixels,
+        time_limit=app.settings.max_seconds,
         downloadable=app.downloadable,
         progress=report,
     )
 
 
 _compute_on_device = gpu(_compute_on_device)  # the one inference function ZeroGPU runs on a GPU
+
+
+def _answered(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """A model-running handler whose failures all reach the user as one readable message
+    (:class:`gr.Error`) instead of Gradio's generic "Error", and leave the worker serving: an
+    out-of-memory error, a model raising, a bad prompt. The traceback goes to the server's log."""
+
+    @functools.wraps(handler)  # keeps the signature Gradio reads (its Progress injection)
+    def answered(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure becomes a message; the server goes on
+            if not isinstance(error, PromptError):
+                traceback.print_exc()
+            raise gr.Error(failure_message(error)) from error
+
+    return answered
 
 
 # -------------------------------------------------------------------------------------- inputs
@@ -406,6 +489,11 @@ def _examples() -> list[list[Any]]:
     return [
         [[str(ASSETS / entry["file"])], entry["category"]] for entry in entries if (ASSETS / entry["file"]).is_file()
     ]
+
+
+def _example_files() -> list[str]:
+    """The example pictures' paths: the only files outside Gradio's cache the server may send."""
+    return [path for files, _ in _examples() for path in files]
 
 
 def _prompt_texts(method: str) -> tuple[str, str, str]:
@@ -562,6 +650,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             updates = [gr.update(**runnable), gr.update(**blocked), *[gr.update(**menus[m]) for m in learnable]]
             return [app.model_note(chosen), *updates]
 
+        @_answered
         def run(
             gallery: Any,
             category_text: str,
@@ -576,11 +665,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             *checkpoint_values: Any,
             progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio injects its progress tracker
         ) -> list[Any]:
-            files = _gallery_files(gallery)
-            if not files:
-                raise gr.Error("Add at least one image (upload, drop, paste or webcam).")
-            if len(files) > settings.max_images:
-                raise gr.Error(f"{len(files)} images is more than the limit of {settings.max_images} per run.")
+            files = app.checked_count(_gallery_files(gallery))
             if not chosen:
                 raise gr.Error("Choose at least one method.")
             if not (category_text or "").strip():
@@ -589,10 +674,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             if not use_custom:
                 prompts = (None, None, None)
             checkpoints = dict(zip(learnable, checkpoint_values))
-            try:
-                result = app.compute(files, category_text, chosen, chosen_model, checkpoints, prompts, progress)
-            except PromptError as error:
-                raise gr.Error(str(error)) from error
+            result = app.compute(files, category_text, chosen, chosen_model, checkpoints, prompts, progress)
             problems = result.messages()
             for problem in problems:
                 gr.Warning(problem)
@@ -678,7 +760,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             ],
             api_name="compare",
             api_visibility="undocumented",  # the page's own call; scripts use /detect
-            concurrency_limit=1,
+            concurrency_limit=settings.concurrency,
             concurrency_id="models",
         )
         for control in (threshold, scale):
@@ -732,6 +814,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         api_zip = gr.File(visible=False)
         api_method = gr.Textbox(visible=False)
 
+        @_answered
         def api_detect(
             files: list[str] | None, category_text: str, method_list: str, model_name: str, prompt_json: str
         ) -> tuple[dict, str | None]:
@@ -744,7 +827,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 model_name: backbone ("" = the page's default, "paper" = each method's paper backbone).
                 prompt_json: "" or a JSON object with any of normal_states, abnormal_states, templates (lists).
             """
-            chosen_model = model_name or settings.model
+            chosen_model = model_name or app.settings.model
             chosen = [m.strip() for m in (method_list or "").split(",") if m.strip()] or [
                 m
                 for m in app.method_ids
@@ -754,10 +837,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             if unknown:
                 raise gr.Error(f"unknown method(s) {unknown}; known: {app.method_ids}")
             items, prompts = app.api_request(files, prompt_json)
-            try:
-                result = app.compute(items, category_text or "", chosen, chosen_model, {}, prompts)
-            except PromptError as error:
-                raise gr.Error(str(error)) from error
+            result = app.compute(items, category_text or "", chosen, chosen_model, {}, prompts)
             archive = app.new_archive_path("zsad-results.zip")
             write_archive(result, archive, extra_settings={"app": {"gradio": gr.__version__, "zsad": __version__}})
             payload = {
@@ -768,19 +848,17 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             }
             return json.loads(json.dumps(payload, default=str)), str(archive)
 
+        @_answered
         def api_explain(
             files: list[str] | None, category_text: str, method: str, model_name: str, prompt_json: str
         ) -> dict:
             """How much each prompt state moves one image's score, for one method."""
-            chosen_model = model_name or settings.model
+            chosen_model = model_name or app.settings.model
             if method not in app.method_ids:
                 raise gr.Error(f"unknown method {method!r}; known: {app.method_ids}")
             items, prompts = app.api_request(files, prompt_json)
             items = items[:1]
-            try:
-                result = app.compute(items, category_text or "", [method], chosen_model, {}, prompts)
-            except PromptError as error:
-                raise gr.Error(str(error)) from error
+            result = app.compute(items, category_text or "", [method], chosen_model, {}, prompts)
             outcome = result.images[0]
             if method not in outcome.results:
                 raise gr.Error("; ".join(result.messages()) or "no result")
@@ -800,7 +878,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             inputs=[api_files, api_category, api_methods, api_model, api_prompts],
             outputs=[api_json, api_zip],
             api_name="detect",
-            concurrency_limit=1,
+            concurrency_limit=settings.concurrency,
             concurrency_id="models",
         )
         api_button.click(
@@ -808,7 +886,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             inputs=[api_files, api_category, api_method, api_model, api_prompts],
             outputs=api_json,
             api_name="explain",
-            concurrency_limit=1,
+            concurrency_limit=settings.concurrency,
             concurrency_id="models",
         )
     demo.zsad_app = app  # type: ignore[attr-defined]  # tests reach the handlers' state through it
@@ -816,14 +894,16 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, host: str | None, port: int | None, share: bool, **kwargs: Any) -> Any:
-    """Queue with explicit limits, then serve."""
-    demo.queue(max_size=32, default_concurrency_limit=1)
+    """Queue and serve with the app's limits (:class:`AppSettings`); the only files served besides
+    Gradio's own cache of uploads and results are the example pictures."""
+    settings: AppSettings = demo.zsad_app.settings  # type: ignore[attr-defined]
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo.launch(
         server_name=host,
         server_port=port,
         share=share,
-        max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(ASSETS)],
+        max_file_size=settings.max_file_size,
+        allowed_paths=_example_files(),
         **kwargs,
     )
 
@@ -839,16 +919,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA")
     parser.add_argument("--no-warmup", action="store_true", help="skip the start-up run that measures each method")
+    limits = parser.add_argument_group("limits (default: the environment variable named, else the value shown)")
+    factories = {item.name: item.default_factory for item in fields(AppSettings)}
+    for name, variable, flag in LIMITS:
+        current = factories[name]()  # type: ignore[misc]  # reads the environment
+        limits.add_argument(flag, dest=name, type=type(current), default=None, help=f"${variable}, now {current}")
     return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> AppSettings:
+    """The app's settings from the command line; limits not given come from the environment or defaults."""
+    limits = {name: getattr(args, name) for name, _, _ in LIMITS if getattr(args, name) is not None}
+    return AppSettings(
+        model=default_model(args.model),
+        device=args.device,
+        precision=args.precision,
+        warmup=not args.no_warmup,
+        **limits,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     port = args.port or (int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None)
-    settings = AppSettings(
-        model=default_model(args.model), device=args.device, precision=args.precision, warmup=not args.no_warmup
-    )
-    launch(build_demo(settings), args.host, port, args.share)
+    launch(build_demo(settings_from_args(args)), args.host, port, args.share)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,16 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# Gradio's file cache (/tmp/gradio) is shared by every process on the machine, and an app deletes the
+# files it made when it closes, even ones another process made at the same path (same content) and
+# still serves: each test session gets its own, so two test runs at once cannot break each other.
+if "GRADIO_TEMP_DIR" not in os.environ:
+    _GRADIO_CACHE = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="zsad-tests-gradio-")
+
+    def pytest_sessionfinish(session, exitstatus) -> None:
+        shutil.rmtree(_GRADIO_CACHE, ignore_errors=True)
+
+
 # One thread: the tests run many tiny ops, where a second thread costs more than it gains (measured).
 torch.set_num_threads(1)
 

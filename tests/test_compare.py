@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from conftest import make_image
 from PIL import Image
 
 from zsad_core import backbone as backbone_module
+from zsad_core import compare as compare_module
 from zsad_core import create_detector
 from zsad_core.archive import safe_stems, score_rows, write_archive
 from zsad_core.availability import available_models, is_random_weights, method_status, model_status
-from zsad_core.compare import DetectorPool, run_comparison
+from zsad_core.compare import DetectorPool, decode_images, run_comparison
 from zsad_core.methods.base import Detector
 from zsad_core.prompts import PromptError
 
@@ -278,3 +280,36 @@ def test_missing_weights_count_as_available_only_when_downloads_are_possible(tmp
     assert not method_status("adaclip").available
     sdp_plus = method_status("sdp_plus", downloadable=True)  # its released layers are not on the Hub
     assert not sdp_plus.available and "no trained checkpoint" in sdp_plus.reason
+
+
+# ---------------------------------------------------------------------------- a server's limits
+def test_a_time_limit_stops_between_images_and_keeps_what_was_done(pool: DetectorPool, monkeypatch) -> None:
+    original = Detector.detect
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.3)  # longer than the whole limit: after one image the time is up, whatever the load
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect", slow)
+    pictures = [(f"{n}.png", make_image(40, 40, seed=n)) for n in range(3)]
+    run = run_comparison(pool, pictures, ["sdp", "winclip"], "cap", model=TINY, time_limit=0.2)
+    done = [(image.name, method) for image in run.images for method in image.results]
+    assert len(done) <= 1  # the first image may start before the limit; nothing after it
+    assert run.messages() == [run.stopped]  # one line, not one per image and method left undone
+    assert run.stopped == "stopped at the time limit of 0.2 s per request: the rest was not run"
+    assert run.method_errors.get("winclip") == "not run: the time limit was reached"
+    unfinished = [image.errors.get("sdp") for image in run.images if "sdp" not in image.results]
+    assert unfinished and set(unfinished) == {"not run: the time limit was reached"}
+    monkeypatch.undo()
+    assert run_comparison(pool, pictures, ["sdp"], "cap", model=TINY, time_limit=600).stopped is None
+
+
+def test_a_pixel_limit_refuses_by_the_header_before_decoding(pool: DetectorPool, monkeypatch) -> None:
+    buffer = io.BytesIO()
+    make_image(50, 60, seed=1).save(buffer, format="PNG")
+    decoded = []
+    monkeypatch.setattr(compare_module, "load_image", lambda source, name: decoded.append(name) or make_image())
+    outcomes = decode_images([("big.png", buffer.getvalue()), ("small.png", make_image(10, 10))], max_pixels=2999)
+    assert outcomes[0].error == "big.png: 60x50 pixels is more than this server's limit of 2,999 per image"
+    assert decoded == ["small.png"] and outcomes[1].error is None
+    assert decode_images([("big.png", buffer.getvalue())], max_pixels=3000)[0].error is None

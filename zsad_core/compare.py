@@ -6,13 +6,16 @@
   copy (:meth:`~zsad_core.methods.base.Detector.prepared`) of a pooled detector, whose weights are
   only read.
 - :func:`run_comparison` decodes every image, runs every method on every image and keeps going
-  when something fails: an image that cannot be decoded, a method whose weights or checkpoint are
-  missing, an out-of-memory error on one image. Each failure becomes a readable message in the
-  :class:`ComparisonRun`; every other result is kept.
+  when something fails: an image that cannot be decoded or is over a pixel limit, a method whose
+  weights or checkpoint are missing, an out-of-memory error on one image. Each failure becomes a
+  readable message in the :class:`ComparisonRun`; every other result is kept. A time limit stops
+  a run between images: what was done is kept, the rest is reported as not run.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import platform
 import threading
 import time
@@ -33,6 +36,7 @@ from .registry import create_detector, get_method
 from .types import AnomalyResult
 
 ProgressCallback = Callable[[float, str], None]
+NOT_RUN = "not run: the time limit was reached"  # what a run stopped by its time limit says of the rest
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class ComparisonRun:
         method_errors: method id -> why it could not run at all (missing weights or checkpoint...).
         method_models: method id -> the backbone it ran on.
         settings: what made these results (models, sizes, checkpoints, prompts, versions, device).
+        stopped: why the run stopped before the end (its time limit), or None when it ran to the end.
     """
 
     category: str
@@ -170,6 +175,7 @@ class ComparisonRun:
     method_errors: dict[str, str] = field(default_factory=dict)
     method_models: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None
 
     @property
     def succeeded_methods(self) -> list[str]:
@@ -177,12 +183,13 @@ class ComparisonRun:
         return [method for method in self.methods if any(method in image.results for image in self.images)]
 
     def messages(self) -> list[str]:
-        """Every failure as one readable line."""
-        lines = [f"{method}: {message}" for method, message in self.method_errors.items()]
+        """Every failure as one readable line; a stop is one line for everything it left undone."""
+        lines = [self.stopped] if self.stopped else []
+        lines += [f"{method}: {message}" for method, message in self.method_errors.items() if message != NOT_RUN]
         for image in self.images:
             if image.error:
                 lines.append(image.error)  # decoding errors already name the image
-            lines += [f"{image.name}, {method}: {message}" for method, message in image.errors.items()]
+            lines += [f"{image.name}, {m}: {message}" for m, message in image.errors.items() if message != NOT_RUN]
         return lines
 
     def seconds_per_image(self) -> dict[str, float]:
@@ -208,9 +215,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def _failure_message(error: BaseException) -> str:
-    """A one-line explanation of an exception for a person."""
-    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
+def failure_message(error: BaseException) -> str:
+    """A one-line explanation of an exception for a person (what a server shows instead of a traceback)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower():
         return "out of memory: try fewer or smaller images, one method at a time, or a smaller model"
     text = str(error).strip().splitlines()
     readable = (ImageError, PromptError, WeightsNotFoundError, ModelSpecError, MethodUnavailableError, ValueError)
@@ -219,20 +226,46 @@ def _failure_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else 'no message'}"
 
 
-def decode_images(images: Sequence[tuple[str, ImageInput]], max_side: int | None = None) -> list[ImageOutcome]:
+def pixel_limit_error(name: str, source: ImageInput, max_pixels: int) -> str | None:
+    """Why the file or bytes ``source`` is over ``max_pixels`` by the size its header declares (read
+    without decoding the pixels), or None when it is not over, or is not data Pillow can identify
+    (decoding then says what is wrong)."""
+    if not isinstance(source, (str, os.PathLike, bytes)):
+        return None
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return f"{name}: declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, beyond what can be decoded safely"
+    except Exception:  # noqa: BLE001 - not an image, unreadable, a directory: load_image says which
+        return None
+    if width * height <= max_pixels:
+        return None
+    return f"{name}: {width}x{height} pixels is more than this server's limit of {max_pixels:,} per image"
+
+
+def decode_images(
+    images: Sequence[tuple[str, ImageInput]], max_side: int | None = None, max_pixels: int | None = None
+) -> list[ImageOutcome]:
     """Decode every ``(name, source)``; an image that cannot be decoded gets an error, not an exception.
 
     Args:
         images: ``(name, source)`` pairs.
         max_side: reduce larger pictures (Lanczos, aspect kept) so their longer side is at most this,
             which bounds the memory of the maps a server keeps per session; None keeps every size.
+        max_pixels: refuse files whose header declares more pixels than this, before decoding them
+            (a server's limit per image, below the decoder's own ``ZSAD_MAX_IMAGE_PIXELS``); None: no limit.
     """
     outcomes = []
     for name, source in images:
+        refused = pixel_limit_error(name, source, max_pixels) if max_pixels is not None else None
+        if refused:
+            outcomes.append(ImageOutcome(name=name, picture=None, error=refused))
+            continue
         try:
             picture = load_image(source, name=name)
         except ImageError as error:
-            outcomes.append(ImageOutcome(name=name, picture=None, error=_failure_message(error)))
+            outcomes.append(ImageOutcome(name=name, picture=None, error=failure_message(error)))
             continue
         original = picture.size
         if max_side is not None and max(original) > max_side:
@@ -254,6 +287,8 @@ def run_comparison(
     abnormal_states: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
     max_side: int | None = None,
+    max_pixels: int | None = None,
+    time_limit: float | None = None,
     downloadable: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ComparisonRun:
@@ -268,7 +303,10 @@ def run_comparison(
         checkpoints: method id -> checkpoint for learnable methods (None or missing: the first
             one found on this disk, see :func:`zsad_core.availability.find_checkpoints`).
         normal_states, abnormal_states, templates: replace that part of every method's prompts.
-        max_side: see :func:`decode_images`.
+        max_side, max_pixels: see :func:`decode_images`.
+        time_limit: seconds the whole run may take, checked before each method and each image (one
+            image that has started is finished, so a run can pass it by one image's time); when
+            reached, what was done is kept, the rest gets "not run" and ``stopped`` says why. None: no limit.
         downloadable: weights and released checkpoints missing from this disk may be downloaded
             (see :func:`zsad_core.availability.method_status`).
         progress: called with (fraction done, what is being done).
@@ -283,8 +321,15 @@ def run_comparison(
     if not category:
         raise PromptError("the category is empty: say what the images show, e.g. 'bottle' or 'metal nut'")
     methods = list(dict.fromkeys(methods))
-    outcomes = decode_images(images, max_side)
+    began_run = time.monotonic()
+    outcomes = decode_images(images, max_side, max_pixels)
     run = ComparisonRun(category=category, methods=methods, images=outcomes)
+
+    def out_of_time() -> bool:
+        if run.stopped is None and time_limit is not None and time.monotonic() - began_run > time_limit:
+            run.stopped = f"stopped at the time limit of {time_limit:g} s per request: the rest was not run"
+        return run.stopped is not None
+
     prompt_settings = {}
     readable = [outcome for outcome in outcomes if outcome.picture is not None]
     steps = max(1, len(methods) * max(1, len(readable)))
@@ -293,6 +338,9 @@ def run_comparison(
         info = get_method(method).info
         method_model = model or info.default_model
         run.method_models[method] = method_model
+        if out_of_time():
+            run.method_errors[method] = NOT_RUN
+            continue
         try:
             checkpoint = checkpoints.get(method)
             if not info.training_free and not checkpoint:
@@ -308,7 +356,7 @@ def run_comparison(
         except PromptError:
             raise
         except Exception as error:  # noqa: BLE001 - any failure to build a method is reported, others go on
-            run.method_errors[method] = _failure_message(error)
+            run.method_errors[method] = failure_message(error)
             done += len(readable)
             continue
         prompts = prepared.prompts
@@ -322,12 +370,15 @@ def run_comparison(
             "templates": list(prompts.templates),
         }
         for index, outcome in enumerate(readable):
+            if out_of_time():
+                outcome.errors[method] = NOT_RUN
+                continue
             report(done / steps, f"{info.name}: image {index + 1} of {len(readable)} ({outcome.name})")
             began = time.perf_counter()
             try:
                 result = prepared.detect(outcome.picture, with_evidence=True)
             except Exception as error:  # noqa: BLE001 - one image's failure must not lose the others
-                outcome.errors[method] = _failure_message(error)
+                outcome.errors[method] = failure_message(error)
             else:
                 outcome.results[method] = result
                 pool.record_seconds(method, method_model, time.perf_counter() - began)
