@@ -150,6 +150,7 @@ def test_page_run_then_threshold_redraw_runs_no_model(served, monkeypatch) -> No
 
     monkeypatch.setattr(Detector, "detect", forbidden)
     monkeypatch.setattr(Detector, "predict", forbidden)
+    monkeypatch.setattr(Detector, "run_batch", forbidden)
     redrawn = client.predict(SHARED_SCALE, 0.2, "second.png", "CLIP-AD SDP", api_name="/redraw")
     assert app.detect_calls == calls_before
     lower = np.asarray(Image.open(_value(redrawn[0])[1]["image"]))

@@ -29,7 +29,7 @@ from PIL import Image
 
 from .availability import MethodUnavailableError, method_status
 from .backbone import ModelSpecError, WeightsNotFoundError, release_backbone, resolve_device, resolve_precision
-from .methods.base import Detector
+from .methods.base import Detector, detect_together
 from .preprocess import ImageError, ImageInput, load_image
 from .prompts import PromptError
 from .registry import create_detector, get_method
@@ -304,8 +304,9 @@ def run_comparison(
             one found on this disk, see :func:`zsad_core.availability.find_checkpoints`).
         normal_states, abnormal_states, templates: replace that part of every method's prompts.
         max_side, max_pixels: see :func:`decode_images`.
-        time_limit: seconds the whole run may take, checked before each method and each image (one
-            image that has started is finished, so a run can pass it by one image's time); when
+        time_limit: seconds the whole run may take, checked before each method is prepared and before
+            each image (all methods run on an image together, sharing their passes; an image that has
+            started is finished, so a run can pass the limit by one image's time); when
             reached, what was done is kept, the rest gets "not run" and ``stopped`` says why. None: no limit.
         downloadable: weights and released checkpoints missing from this disk may be downloaded
             (see :func:`zsad_core.availability.method_status`).
@@ -332,9 +333,9 @@ def run_comparison(
 
     prompt_settings = {}
     readable = [outcome for outcome in outcomes if outcome.picture is not None]
-    steps = max(1, len(methods) * max(1, len(readable)))
-    done = 0
-    for method in methods:
+    steps = len(methods) + len(readable)
+    prepared_detectors: dict[str, Detector] = {}
+    for done, method in enumerate(methods):
         info = get_method(method).info
         method_model = model or info.default_model
         run.method_models[method] = method_model
@@ -357,8 +358,8 @@ def run_comparison(
             raise
         except Exception as error:  # noqa: BLE001 - any failure to build a method is reported, others go on
             run.method_errors[method] = failure_message(error)
-            done += len(readable)
             continue
+        prepared_detectors[method] = prepared
         prompts = prepared.prompts
         prompt_settings[method] = {
             "model": method_model,
@@ -369,20 +370,19 @@ def run_comparison(
             "abnormal_states": list(prompts.abnormal_states),
             "templates": list(prompts.templates),
         }
-        for index, outcome in enumerate(readable):
-            if out_of_time():
-                outcome.errors[method] = NOT_RUN
-                continue
-            report(done / steps, f"{info.name}: image {index + 1} of {len(readable)} ({outcome.name})")
-            began = time.perf_counter()
-            try:
-                result = prepared.detect(outcome.picture, with_evidence=True)
-            except Exception as error:  # noqa: BLE001 - one image's failure must not lose the others
-                outcome.errors[method] = failure_message(error)
+    # All methods on one image at a time: the passes they share run once (detect_together).
+    for index, outcome in enumerate(readable):
+        if out_of_time():
+            outcome.errors.update({method: NOT_RUN for method in prepared_detectors})
+            continue
+        report((len(methods) + index) / steps, f"image {index + 1} of {len(readable)} ({outcome.name})")
+        together = detect_together(list(prepared_detectors.values()), [outcome.picture], 1, with_evidence=True)
+        for method, answer in together.items():
+            if isinstance(answer, Exception):
+                outcome.errors[method] = failure_message(answer)
             else:
-                outcome.results[method] = result
-                pool.record_seconds(method, method_model, time.perf_counter() - began)
-            done += 1
+                outcome.results[method] = answer[0]
+                pool.record_seconds(method, run.method_models[method], answer[0].timings["total"])
     report(1.0, "done")
     run.settings = {
         "category": category,
