@@ -638,6 +638,7 @@ def run_detect(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import __version__
+    from .methods.base import detect_together
     from .preprocess import ImageError, load_image
     from .visualize import display_range, get_colormap, overlay, save_png
 
@@ -698,10 +699,11 @@ def run_detect(args: argparse.Namespace) -> int:
                 entries.append(_image_entry(image, picture))
                 decoded.append((entries[-1], image.name, picture))
             pictures = [picture for _, _, picture in decoded]
-            per_method = {
-                method: detector.detect(pictures, batch_size=batch_size, errors="collect") if pictures else []
-                for method, detector in detectors.items()
-            }
+            # All methods on the batch together: the passes they share run once (detect_together).
+            per_method = detect_together(list(detectors.values()), pictures, batch_size, errors="collect")
+            for outcome in per_method.values():
+                if isinstance(outcome, Exception):  # a model failing (out of memory, a bug) stops the run
+                    raise outcome
             for index, (entry, name, picture) in enumerate(decoded):
                 outcomes = {method: per_method[method][index] for method in methods}
                 failed = [f"{method}: {outcome}" for method, outcome in outcomes.items() if isinstance(outcome, ImageError)]
