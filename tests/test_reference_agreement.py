@@ -288,7 +288,7 @@ def test_sdp_end_to_end_from_prompts(sdp_reference, variant: str) -> None:
 
 # --------------------------------------------------------------------------------------- SDP+
 # Fixture: CLIP-AD's test_ft.py run on the tiny weights with non-zero random linear layers
-# (tests/fixtures/generators/make_sdp_plus_reference.py; README.md §4).
+# (tests/fixtures/generators/make_clipad_references.py; README.md §4).
 #
 # Tolerance, fp32 arithmetic: our features agree with the reference's to ~1e-6 (the SDP checks above), so a
 # cosine moves by <= ~1e-6, a logit (x100) by <= 1e-4 and a softmax probability (slope <= 1/4) by <= 2.5e-5
