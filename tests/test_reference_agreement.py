@@ -1,4 +1,4 @@
-"""Number-by-number agreement with the public reference implementations (anomalib WinCLIP, CLIP-AD SDP).
+"""Number-by-number agreement with the public reference implementations (anomalib WinCLIP, CLIP-AD SDP, SDP+).
 
 The references were run outside this repository on the project's tiny random weights and seeded
 random pixels; their outputs are in ``tests/fixtures/reference/*.npz`` and the recipe, arrays and
@@ -67,6 +67,16 @@ def load_fixture(name: str) -> dict[str, np.ndarray]:
 def reference_pixels() -> torch.Tensor:
     """The README's inputs: already normalised, fed straight to the model."""
     return torch.randn(2, 3, 240, 240, generator=torch.Generator().manual_seed(1))
+
+
+def load_pixel_fixture(name: str) -> dict[str, np.ndarray]:
+    """A fixture made on :func:`reference_pixels`, checked against its stored checksum."""
+    reference = load_fixture(name)
+    pixels = reference_pixels()
+    np.testing.assert_allclose(
+        reference["pixels_checksum"], [pixels.sum().item(), pixels[0, 0, 0, 0].item()], rtol=1e-6
+    )
+    return reference
 
 
 def reference_backbone() -> ClipBackbone:
@@ -161,12 +171,7 @@ def test_winclip_predict_equals_anomalib(winclip_run) -> None:
 # ---------------------------------------------------------------------------------------- SDP
 @pytest.fixture(scope="module")
 def sdp_reference() -> dict[str, np.ndarray]:
-    reference = load_fixture("sdp_clipad.npz")
-    pixels = reference_pixels()
-    np.testing.assert_allclose(
-        reference["pixels_checksum"], [pixels.sum().item(), pixels[0, 0, 0, 0].item()], rtol=1e-6
-    )
-    return reference
+    return load_pixel_fixture("sdp_clipad.npz")
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +319,118 @@ def test_sdp_end_to_end_from_prompts(sdp_reference, variant: str) -> None:
     np.testing.assert_allclose(
         prediction.extras["p_max"], sdp_reference[f"p_max_s8_{variant}"], rtol=0, atol=MAP_TOLERANCE * span
     )
+
+
+# --------------------------------------------------------------------------------------- SDP+
+# Fixture: CLIP-AD's test_ft.py run on the tiny weights with non-zero random linear layers
+# (tests/fixtures/generators/make_clipad_references.py; README.md §4).
+#
+# Tolerance, fp32 arithmetic: our features agree with the reference's to ~1e-6 (the SDP checks above), so a
+# cosine moves by <= ~1e-6, a logit (x100) by <= 1e-4 and a softmax probability (slope <= 1/4) by <= 2.5e-5
+# per stage: <= 1e-4 over the four stages, on a map whose range is ~3.5. The SDP part adds <= 2e-5 (its own
+# tolerance above). Smoothing is an average, so it cannot grow the bound.
+SDP_PLUS_ATOL = 1e-4
+# Without the reference's fp16 text rounding: each anchor component moves by <= 2^-11 relative plus the fp16
+# normalisation (<= 2^-10), so a cosine moves by <= 3 * 2^-11 ~ 1.5e-3, a logit by 0.15, a stage probability
+# by <= 0.037 and M_ft by <= 0.15; SDP's four stages add <= 4 * 1.5e-3. Measured: ~5e-3.
+SDP_PLUS_FP16_TEXT_ATOL = 0.16
+
+
+@pytest.fixture(scope="module")
+def sdp_plus_reference() -> dict[str, np.ndarray]:
+    return load_pixel_fixture("sdp_plus_clipad.npz")
+
+
+@pytest.fixture(scope="module")
+def sdp_plus_checkpoint(sdp_plus_reference, tmp_path_factory) -> Path:
+    """The fixture's linear layers in the authors' checkpoint layout (what their train.py saves)."""
+    state = {key.split("/", 1)[1]: _t(value) for key, value in sdp_plus_reference.items() if key.startswith("linear/")}
+    assert sorted(state) == sorted(f"fc.{s}.{kind}" for s in range(4) for kind in ("weight", "bias"))
+    assert all(value.abs().min() > 0 for key, value in state.items() if key.endswith("weight"))
+    path = tmp_path_factory.mktemp("sdp_plus") / "train_on_tiny.pth"
+    torch.save({"linear_layers": state}, path)
+    return path
+
+
+def _text_rounding(fp16: bool) -> dict[str, bool]:
+    """``round_text_fp16`` when the configs have it (the reference's fp16 text vectors); nothing before that."""
+    from dataclasses import fields
+
+    from zsad_core.methods.clipad import SDPPlusConfig
+
+    return {"round_text_fp16": fp16} if "round_text_fp16" in {f.name for f in fields(SDPPlusConfig)} else {}
+
+
+def _sdp_plus(checkpoint: Path, sigma: float, rvs: str = "dbscan", **settings):
+    reference_backbone()
+    return create_detector(
+        "sdp_plus",
+        model="zsad-tiny",
+        image_size=240,
+        device="cpu",
+        precision="fp32",
+        rvs=rvs,
+        sigma=sigma,
+        checkpoint=str(checkpoint),
+        **settings,
+    )
+
+
+@pytest.mark.parametrize(("variant", "sigma"), [("dbscan", 8), ("dbscan", 2), ("dbscan", 0), ("mean", 8), ("mean", 0)])
+def test_sdp_plus_predict_equals_clipad_test_ft(sdp_plus_reference, sdp_plus_checkpoint, variant: str, sigma: int):
+    """The head on the reference's own text vectors: linear layers, x100, normalisation, upsampling, smoothing."""
+    tag = {8: "s8", 2: "s2", 0: "raw"}[sigma]
+    detector = _sdp_plus(sdp_plus_checkpoint, sigma, variant)
+    with torch.no_grad():
+        prediction = detector.predict(reference_pixels(), _t(sdp_plus_reference[f"text_features_{variant}"]))
+    expected = sdp_plus_reference[f"map_{tag}_{variant}_sub4"]
+    assert np.ptp(expected) > 1.0  # the trained part is far from its all-zero constant (2 everywhere)
+    np.testing.assert_allclose(prediction.maps[:, ::4, ::4], expected, rtol=0, atol=SDP_PLUS_ATOL)
+    if variant == "dbscan" and sigma in (8, 0):
+        np.testing.assert_allclose(prediction.maps[0], sdp_plus_reference[f"map_{tag}_dbscan_img0"], atol=SDP_PLUS_ATOL)
+    np.testing.assert_allclose(
+        prediction.extras["p_max"], sdp_plus_reference[f"p_max_{tag}_{variant}"], atol=SDP_PLUS_ATOL
+    )
+    np.testing.assert_allclose(prediction.extras["p_cls"], sdp_plus_reference[f"p_cls_{variant}"], rtol=1e-4, atol=1e-6)
+
+
+def test_sdp_plus_head_recomputed_from_the_reference_projections(sdp_plus_reference, sdp_reference):
+    """The head written out here from the reference's linear outputs, and alternatives the fixture must reject.
+
+    ``M_ft`` = the SDP+ raw map minus the SDP raw map of the same weights, pixels and text vectors. Each
+    plausible slip in the head (logit scale, align_corners, softmax before upsampling, no normalisation)
+    must move it far beyond the tolerance, or these fixtures could not catch it.
+    """
+    projections = _t(sdp_plus_reference["linear_outputs_img0"])  # (4, N, D), image 0, before normalisation
+    anchors = _t(sdp_plus_reference["text_features_dbscan"])
+    reference_ft = sdp_plus_reference["map_raw_dbscan_sub4"][0] - sdp_reference["map_raw_dbscan_sub4"][0]
+
+    def head(scale=100.0, align_corners=True, softmax_first=False, normalize=True) -> np.ndarray:
+        features = F.normalize(projections, dim=-1) if normalize else projections
+        logits = (scale * features @ anchors).transpose(1, 2).reshape(4, 2, 15, 15)
+        if softmax_first:
+            logits = logits.softmax(dim=1)
+        upsampled = F.interpolate(logits, size=(240, 240), mode="bilinear", align_corners=align_corners)
+        probs = upsampled if softmax_first else upsampled.softmax(dim=1)
+        return probs[:, 1].sum(0).numpy()[::4, ::4]
+
+    np.testing.assert_allclose(head(), reference_ft, rtol=0, atol=SDP_PLUS_ATOL)
+    for slip in ({"scale": 1 / 0.07}, {"align_corners": False}, {"softmax_first": True}, {"normalize": False}):
+        assert np.abs(head(**slip) - reference_ft).max() > 100 * SDP_PLUS_ATOL, slip
+
+
+@pytest.mark.parametrize("fp16_text", [False, True])
+def test_sdp_plus_end_to_end_from_prompts(sdp_plus_reference, sdp_plus_checkpoint, fp16_text: bool):
+    """prepare() + predict(): our text vectors, against the reference with or without its fp16 rounding."""
+    settings = _text_rounding(fp16_text)
+    variant = "dbscan" if fp16_text else "dbscan_fp32"
+    tolerance = SDP_PLUS_ATOL if settings or not fp16_text else SDP_PLUS_FP16_TEXT_ATOL
+    detector = _sdp_plus(sdp_plus_checkpoint, 8, **settings).prepare(CLASS_NAME)
+    with torch.no_grad():
+        prediction = detector.predict(reference_pixels(), detector._prepared.features)
+    np.testing.assert_allclose(
+        prediction.maps[:, ::4, ::4], sdp_plus_reference[f"map_s8_{variant}_sub4"], atol=tolerance
+    )
+    np.testing.assert_allclose(prediction.extras["p_max"], sdp_plus_reference[f"p_max_s8_{variant}"], atol=tolerance)
+    p_cls_tolerance = 1e-5 if tolerance == SDP_PLUS_ATOL else SDP_PLUS_FP16_TEXT_ATOL / 4  # one softmax, not four
+    np.testing.assert_allclose(prediction.extras["p_cls"], sdp_plus_reference[f"p_cls_{variant}"], atol=p_cls_tolerance)
