@@ -29,7 +29,7 @@ from scipy.ndimage import gaussian_filter
 
 from zsad_core import AnomalyResult, create_detector, get_method, list_methods
 from zsad_core.cli import main
-from zsad_core.methods.base import Detector, Prediction
+from zsad_core.methods.base import Detector, ModelOutput
 
 METHOD_IDS = [info.id for info in list_methods()]
 CATEGORY = "bottle"
@@ -59,20 +59,14 @@ def red_channel_stand_in(calls: list[torch.Tensor]) -> Callable[..., object]:
 
     def forward(pixels: torch.Tensor, text: object, passes: object = None) -> object:
         calls.append(pixels.detach().clone())
-        scores, maps = torch.zeros(len(pixels)), pixels[:, 0].detach().float()
-        try:  # the pure torch model of issue 15 (AnomalyModel -> ModelOutput), which detect() runs
-            from zsad_core.methods.base import ModelOutput
-        except ImportError:  # before it: detect() called Detector.predict
-            return Prediction(scores=scores.numpy(), maps=maps.cpu().numpy())
-        return ModelOutput(scores=scores, maps=maps)
+        return ModelOutput(scores=torch.zeros(len(pixels)), maps=pixels[:, 0].detach().float())
 
     return forward
 
 
 def install_stand_in(detector: Detector, calls: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Put :func:`red_channel_stand_in` where ``detect`` calls the model (``detector.model``, else ``predict``)."""
-    entry = "model" if isinstance(getattr(detector, "model", None), torch.nn.Module) else "predict"
-    monkeypatch.setattr(detector, entry, red_channel_stand_in(calls))
+    """Put :func:`red_channel_stand_in` where ``detect`` calls the model (``detector.model``)."""
+    monkeypatch.setattr(detector, "model", red_channel_stand_in(calls))
 
 
 def bilinear_half_pixel(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -615,7 +609,7 @@ SETTING_CHECKS: dict[tuple[str, str], Callable[..., None]] = {
             "rvs_min_samples": check_sdp_rvs_min_samples,
             "reference_aliasing": check_sdp_reference_aliasing,
             "map_score_scale": check_sdp_map_score_scale,
-            "round_text_fp16": check_sdp_round_text_fp16,  # the setting issue 15 adds
+            "round_text_fp16": check_sdp_round_text_fp16,
         }.items()
     },
     ("sdp_plus", "checkpoint"): check_sdp_plus_checkpoint,
@@ -629,15 +623,11 @@ SETTING_CHECKS: dict[tuple[str, str], Callable[..., None]] = {
     ("adaclip", "hsf_topk_factor"): check_adaclip_hsf_topk_factor,
     ("adaclip", "hsf_alpha"): check_adaclip_hsf_alpha,
     ("adaclip", "hsf_seed"): check_adaclip_hsf_seed,
-    ("adaclip", "hsf_kmeans"): check_adaclip_hsf_kmeans,  # the setting issue 15 adds
+    ("adaclip", "hsf_kmeans"): check_adaclip_hsf_kmeans,
     ("adaclip", "seed"): check_adaclip_seed,
     ("adaclip", "round_prompts_fp16"): check_adaclip_round_prompts_fp16,
     ("adaclip", "checkpoint"): check_learnable_checkpoint,
 }
-
-
-# Settings issue 15 adds while these checks are written; a check waits for its setting to exist.
-ISSUE_15_SETTINGS = {"round_text_fp16", "hsf_kmeans", "resize"}
 
 
 def settings_of_every_method() -> list[tuple[str, str]]:
@@ -655,7 +645,7 @@ def test_every_setting_has_a_check() -> None:
     )
 
     def known(method_id: str, name: str) -> bool:
-        return name in config_field_names(method_id) or name in ISSUE_15_SETTINGS
+        return name in config_field_names(method_id)
 
     stale = [key for key in SETTING_CHECKS if not known(*key)]
     stale += [name for name in COMMON_CHECKS if not all(known(method_id, name) for method_id in METHOD_IDS)]

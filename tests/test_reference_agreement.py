@@ -220,7 +220,7 @@ def test_sdp_representative_vectors_fp32(sdp_reference, rvs: str) -> None:
     expected = _t(sdp_reference[f"text_features_{rvs}_fp32"])
     torch.testing.assert_close(_representative_vectors(sdp_reference, rvs, False), expected, rtol=0, atol=1e-5)
     if rvs in ("dbscan", "mean"):  # and through the detector's own prepare (text encoder + RVS + cache)
-        prepared = _sdp(rvs, round_text_fp16=False).prepare(CLASS_NAME)._prepared.features
+        prepared = _sdp(rvs, round_text_fp16=False).prepare(CLASS_NAME).text_features
         torch.testing.assert_close(prepared, expected, rtol=0, atol=1e-5)
 
 
@@ -241,13 +241,13 @@ def test_sdp_representative_vectors_rounded_as_the_reference(sdp_reference, rvs:
     if rvs == "dbscan":  # through the detector's own prepare (text encoder + RVS + cache): the default rounds
         detector = _sdp(rvs)
         assert detector.config.round_text_fp16 and detector.text_reducer.endswith("-fp16")
-        prepared = detector.prepare(CLASS_NAME)._prepared.features
+        prepared = detector.prepare(CLASS_NAME).text_features
         torch.testing.assert_close(prepared, _t(sdp_reference["text_features_dbscan"]), rtol=0, atol=1e-5)
         # the setting is in the text feature cache key: the fp32 twin on the same backbone is not served these
         twin = _sdp(rvs, round_text_fp16=False)
         assert twin.backbone is detector.backbone
         torch.testing.assert_close(
-            twin.prepare(CLASS_NAME)._prepared.features,
+            twin.prepare(CLASS_NAME).text_features,
             _t(sdp_reference["text_features_dbscan_fp32"]),
             rtol=0,
             atol=1e-5,
@@ -330,10 +330,6 @@ def test_sdp_end_to_end_from_prompts(sdp_reference, variant: str) -> None:
 # per stage: <= 1e-4 over the four stages, on a map whose range is ~3.5. The SDP part adds <= 2e-5 (its own
 # tolerance above). Smoothing is an average, so it cannot grow the bound.
 SDP_PLUS_ATOL = 1e-4
-# Without the reference's fp16 text rounding: each anchor component moves by <= 2^-11 relative plus the fp16
-# normalisation (<= 2^-10), so a cosine moves by <= 3 * 2^-11 ~ 1.5e-3, a logit by 0.15, a stage probability
-# by <= 0.037 and M_ft by <= 0.15; SDP's four stages add <= 4 * 1.5e-3. Measured: ~5e-3.
-SDP_PLUS_FP16_TEXT_ATOL = 0.16
 
 
 @pytest.fixture(scope="module")
@@ -350,15 +346,6 @@ def sdp_plus_checkpoint(sdp_plus_reference, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sdp_plus") / "train_on_tiny.pth"
     torch.save({"linear_layers": state}, path)
     return path
-
-
-def _text_rounding(fp16: bool) -> dict[str, bool]:
-    """``round_text_fp16`` when the configs have it (the reference's fp16 text vectors); nothing before that."""
-    from dataclasses import fields
-
-    from zsad_core.methods.clipad import SDPPlusConfig
-
-    return {"round_text_fp16": fp16} if "round_text_fp16" in {f.name for f in fields(SDPPlusConfig)} else {}
 
 
 def _sdp_plus(checkpoint: Path, sigma: float, rvs: str = "dbscan", **settings):
@@ -422,15 +409,13 @@ def test_sdp_plus_head_recomputed_from_the_reference_projections(sdp_plus_refere
 @pytest.mark.parametrize("fp16_text", [False, True])
 def test_sdp_plus_end_to_end_from_prompts(sdp_plus_reference, sdp_plus_checkpoint, fp16_text: bool):
     """prepare() + predict(): our text vectors, against the reference with or without its fp16 rounding."""
-    settings = _text_rounding(fp16_text)
     variant = "dbscan" if fp16_text else "dbscan_fp32"
-    tolerance = SDP_PLUS_ATOL if settings or not fp16_text else SDP_PLUS_FP16_TEXT_ATOL
-    detector = _sdp_plus(sdp_plus_checkpoint, 8, **settings).prepare(CLASS_NAME)
+    tolerance = SDP_PLUS_ATOL
+    detector = _sdp_plus(sdp_plus_checkpoint, 8, round_text_fp16=fp16_text).prepare(CLASS_NAME)
     with torch.no_grad():
-        prediction = detector.predict(reference_pixels(), detector._prepared.features)
+        prediction = detector.predict(reference_pixels(), detector.text_features)
     np.testing.assert_allclose(
         prediction.maps[:, ::4, ::4], sdp_plus_reference[f"map_s8_{variant}_sub4"], atol=tolerance
     )
     np.testing.assert_allclose(prediction.extras["p_max"], sdp_plus_reference[f"p_max_s8_{variant}"], atol=tolerance)
-    p_cls_tolerance = 1e-5 if tolerance == SDP_PLUS_ATOL else SDP_PLUS_FP16_TEXT_ATOL / 4  # one softmax, not four
-    np.testing.assert_allclose(prediction.extras["p_cls"], sdp_plus_reference[f"p_cls_{variant}"], atol=p_cls_tolerance)
+    np.testing.assert_allclose(prediction.extras["p_cls"], sdp_plus_reference[f"p_cls_{variant}"], atol=1e-5)
