@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -248,6 +249,23 @@ def test_resume_with_other_settings_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("error: cannot resume") and "protocol='model_map' there, 'full_resolution' now" in err
     assert "Traceback" not in err
+
+
+def test_resume_refuses_partials_computed_with_another_method_setting(
+    toy_spec: str, toy_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Every setting of the method is recorded, not only the run's options: e.g. a partial computed
+    under another resize policy (an older default) is not mixed into the new run."""
+    first_out, _ = toy_run
+    out = tmp_path / "resumed"
+    shutil.copytree(first_out / "partial", out / "partial")
+    partial = out / "partial" / "mvtec__sdp__widget.json"
+    data = json.loads(partial.read_text())
+    assert data["settings"]["resize"] == "pil-bicubic" and data["settings"]["round_text_fp16"] is True
+    data["settings"]["resize"] = "tensor-bicubic"
+    partial.write_text(json.dumps(data))
+    with pytest.raises(EvaluationError, match=r"resize='tensor-bicubic' there, 'pil-bicubic' now"):
+        evaluate(["sdp"], toy_spec, out, resume=True, **COMMON)
 
 
 def test_usage_errors_exit_2_without_traceback(toy_spec: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

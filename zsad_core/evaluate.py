@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -333,7 +334,7 @@ def _method_settings(method: str, config: _RunConfig, device: str) -> dict[str, 
     if checkpoint is not None:
         changes["checkpoint"] = checkpoint
     resolved = cls.config_class().replace(**changes)
-    return {
+    settings = {
         "method": method,
         "model": resolved.model,
         "image_size": int(resolved.image_size),
@@ -343,6 +344,9 @@ def _method_settings(method: str, config: _RunConfig, device: str) -> dict[str, 
         "limit": config.limit,
         "checkpoint": checkpoint,
     }
+    # ... and every other setting of the method (resize policy, text rounding, ...), as JSON gives it back
+    method_config = json.loads(json.dumps(dataclasses.asdict(resolved), default=str))
+    return {**{name: value for name, value in method_config.items() if name not in settings}, **settings}
 
 
 def _positive_int(value: Any, what: str) -> int | None:
