@@ -48,6 +48,7 @@ def test_lazy_exports_resolve_to_the_defining_modules() -> None:
 
     assert zsad_core.create_detector is create_detector
     assert zsad_core.create_backbone is create_backbone
+    assert set(zsad_core.__all__) == {*zsad_core._EXPORTS, "__version__"}
     assert set(zsad_core.__all__) <= set(dir(zsad_core))
     with pytest.raises(AttributeError, match="no_such_name"):
         zsad_core.no_such_name  # noqa: B018

@@ -35,7 +35,24 @@ _EXPORTS: dict[str, str] = {
     "register_method": "registry",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [  # the same names as _EXPORTS (tests/test_startup.py checks)
+    "AnomalyResult",
+    "Detector",
+    "ImageError",
+    "MethodInfo",
+    "ModelSpecError",
+    "PromptError",
+    "PromptSet",
+    "WeightsNotFoundError",
+    "__version__",
+    "create_backbone",
+    "create_detector",
+    "get_method",
+    "list_methods",
+    "list_tiny_models",
+    "load_image",
+    "register_method",
+]
 
 if TYPE_CHECKING:
     from .backbone import ModelSpecError, WeightsNotFoundError, create_backbone, list_tiny_models
