@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,21 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# Text features cached on disk (zsad_core.disk_cache) go to a folder of this test session, never to
+# the user's ~/.cache; set before anything runs, so subprocesses of the tests inherit it too.
+TEST_CACHE_DIR = Path(tempfile.mkdtemp(prefix="zsad-test-cache-"))
+os.environ["ZSAD_CACHE_DIR"] = str(TEST_CACHE_DIR)
 # One thread: the tests run many tiny ops, where a second thread costs more than it gains (measured).
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_cache_dir():
+    yield
+    shutil.rmtree(TEST_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ state: ``template.format(state.format(class_name))``.
 
 Text anchors (the normal and abnormal text features, (D, 2)) are reduced from the sentence
 embeddings by one of :data:`REDUCERS` and cached per (backbone, method, class name, prompts,
-reducer), so a detector prepared twice for the same category encodes its prompts once.
+reducer), so a detector prepared twice for the same category encodes its prompts once. The sentence
+embeddings are also kept on disk (:mod:`zsad_core.disk_cache`), so a new process answers a known
+category without a text pass.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from .disk_cache import encode_text_cached
 
 if TYPE_CHECKING:
     from .backbone import ClipBackbone
@@ -269,13 +273,16 @@ def clear_text_caches() -> None:
 def sentence_embeddings(backbone: ClipBackbone, class_name: str, prompts: PromptSet) -> torch.Tensor:
     """Raw (not normalised) embeddings of ``prompts.sentences(class_name)``, normal sentences first.
 
+    Looked up in memory (:data:`SENTENCE_CACHE`), then on disk (:mod:`zsad_core.disk_cache`), and only
+    then computed by the text tower.
+
     Returns:
         (P, D) float32 tensor on the backbone's device, rows in the order of
         :meth:`PromptSet.sentences` (state-major: all templates of the first state, then the next).
     """
     normal, abnormal = prompts.sentences(class_name)
     key = (backbone.key, " ".join(class_name.split()), prompts)
-    return SENTENCE_CACHE.get_or_compute(key, lambda: backbone.encode_text(normal + abnormal).float())
+    return SENTENCE_CACHE.get_or_compute(key, lambda: encode_text_cached(backbone, normal + abnormal))
 
 
 def reduce_anchors(embeddings: torch.Tensor, num_normal: int, reducer: str) -> torch.Tensor:
