@@ -742,7 +742,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "fp16", "bf16"),
-        help="default: fp32 on CPU, fp16 on CUDA",
+        help="default: auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), fp16 on CUDA, else fp32",
     )
     parser.add_argument(
         "--batch-size", type=_positive_int, default=8, help="images decoded and run together (default: 8)"
