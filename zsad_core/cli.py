@@ -1,4 +1,4 @@
-"""Command line: ``python -m zsad_core`` (or ``zsad``) ``list | detect | explain | eval | train | synth``.
+"""Command line: ``python -m zsad_core`` (or ``zsad``) ``list | detect | explain | eval | train | synth | bench``.
 
 - ``list``: the registered methods (``--json`` for machine output), or with ``--models`` the
   project's tiny model configs and how to name open_clip models.
@@ -102,6 +102,13 @@ PLUGIN_COMMANDS: tuple[PluginCommand, ...] = (
         "add_proving_ground_arguments",
         "run_proving_ground_command",
         "every method on the generated held-out categories: the project's model against random weights",
+    ),
+    PluginCommand(
+        "bench",
+        "zsad_core.bench",
+        "add_bench_arguments",
+        "run_bench",
+        "time each method: latency, throughput, memory, text preparation, and the ratio to its bare forward passes",
     ),
     PluginCommand(
         "synth",
