@@ -23,13 +23,16 @@ Per method, on one backbone, device and precision, all measured in the same run:
   and ``fraction_of_peak`` = achieved / the device's matmul rate in the same precision, measured at
   the start of the run (``peak_matmul``);
 - ``text_prepare_s``: preparing a category ``cold`` (text tower, no cache), from the ``disk``
-  cache (what a new process does for a known category) and ``warm`` (memory cache);
+  cache (what a new process does for a known category: the weights' fingerprint, then the file)
+  and ``warm`` (memory cache);
 - ``first_request_s``: prepare plus one image, for a ``new_category`` and for a ``known_category``
   in a new process (memory cleared, disk cache filled); ``known_over_warm`` divides the latter by
   the warm single-image latency;
 - ``attention``: the attention kernels the method called (aten op names, recorded while it ran);
 - ``peak_rss_mb`` (the process's peak so far; it only grows) and, on CUDA, ``cuda_max_allocated_mb``.
 
+The numbers that are compared (latency, floor, first requests, text preparation) are timed
+interleaved, one run of each in turn, so a change of the machine's load shifts them alike.
 Weights do not matter for timing: random weights (``--model ViT-L-14-336``) time like trained ones.
 The disk cache lives in a temporary folder for the run, so the user's cache is neither read nor filled.
 """
@@ -57,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import ClipBackbone, resolve_device, resolve_precision
-from .disk_cache import CACHE_DIR_ENV, DISK_CACHE_ENV
+from .disk_cache import CACHE_DIR_ENV, DISK_CACHE_ENV, forget_fingerprints
 from .prompts import clear_text_caches
 from .registry import create_detector, list_methods
 
@@ -74,17 +77,25 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_runs(run: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``run`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        run()
-    _synchronize(device)
-    seconds = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        _synchronize(device)
-        seconds.append(time.perf_counter() - began)
+def time_interleaved(
+    runs: dict[str, tuple[Callable[[], Any] | None, Callable[[], Any]]],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each named ``(setup, run)``: ``warmup`` untimed rounds, then ``repeats``
+    rounds that call every ``setup`` (untimed, may be None) and ``run`` (timed) in turn."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(warmup + repeats):
+        for name, (setup, run) in runs.items():
+            if setup is not None:
+                setup()
+            _synchronize(device)
+            began = time.perf_counter()
+            run()
+            _synchronize(device)
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - began)
     return seconds
 
 
@@ -99,7 +110,7 @@ def peak_matmul(device: torch.device, precision: str, repeats: int = 5) -> dict[
     side = PEAK_MATMUL_SIDE["cuda" if device.type == "cuda" else "cpu"]
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(side, side, generator=generator).to(device, _DTYPES[precision]) for _ in range(2))
-    seconds = time_runs(lambda: a @ b, repeats, warmup=2, device=device)
+    seconds = time_interleaved({"matmul": (None, lambda: a @ b)}, repeats, 2, device)["matmul"]
     return {"precision": precision, "side": side, "flops_per_s": 2 * side**3 / min(seconds)}
 
 
@@ -253,6 +264,12 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _forget_text() -> None:
+    """Forget in-memory text features and weight fingerprints, as a new process starts (the disk stays)."""
+    clear_text_caches()
+    forget_fingerprints()
+
+
 def _test_image(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
@@ -285,25 +302,44 @@ def bench_method(
     size = detector.config.image_size
     image = _test_image(size)
 
-    # text preparation: cold (no cache at all), from disk (memory cleared), warm (memory)
-    text_runs = max(1, min(repeats, 3))
-    with _environment(**{DISK_CACHE_ENV: "0"}):
-        cold = []
-        for _ in range(text_runs):
-            clear_text_caches()
-            cold += time_runs(lambda: detector.prepared(category), 1, 0, torch_device)
-    clear_text_caches()
-    new_category = time_runs(lambda: detector.prepared(category).detect(image), 1, 0, torch_device)  # disk miss
-    disk = []
-    for _ in range(text_runs):
-        clear_text_caches()
-        disk += time_runs(lambda: detector.prepared(category), 1, 0, torch_device)
     prepared = detector.prepared(category)
-    warm = time_runs(lambda: detector.prepared(category), text_runs, 0, torch_device)
+    floor, floor_passes = method_floor(prepared)
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(torch_device)
 
-    latency = summarize(time_runs(lambda: prepared.detect(image), repeats, warmup, torch_device))
-    clear_text_caches()
-    known = time_runs(lambda: detector.prepared(category).detect(image), 1, 0, torch_device)
+    def run_floor() -> None:
+        with torch.no_grad():
+            floor(pixels)
+
+    def known_category() -> None:  # a new process: memory forgotten, the disk cache filled
+        _forget_text()
+        detector.prepared(category).detect(image)
+
+    def from_disk() -> None:
+        _forget_text()
+        detector.prepared(category)
+
+    # Quantities that are compared are timed interleaved, one run of each in turn, so that a change
+    # in the machine's load (other processes) affects all of them alike.
+    with _environment(**{DISK_CACHE_ENV: "0"}):  # cold: the text tower, no cache at all
+        cold = time_interleaved({"cold": (clear_text_caches, lambda: detector.prepared(category))}, 3, 0, torch_device)
+    new_names = [f"{category} {index}" for index in range(3)]  # never prepared before: disk misses
+    new_category = time_interleaved(
+        {"new": (_forget_text, lambda: detector.prepared(new_names.pop()).detect(image))}, 3, 0, torch_device
+    )
+    timed = time_interleaved(
+        {
+            "latency": (None, lambda: prepared.detect(image)),
+            "floor": (None, run_floor),
+            "known": (_forget_text, lambda: detector.prepared(category).detect(image)),
+            "disk": (_forget_text, lambda: detector.prepared(category)),
+            "warm": (None, lambda: detector.prepared(category)),
+        },
+        repeats,
+        warmup,
+        torch_device,
+    )
+    latency, floor_time = summarize(timed["latency"]), summarize(timed["floor"])
+    known = float(np.median(timed["known"]))
 
     throughput = []
     for batch in batches:
@@ -312,14 +348,11 @@ def bench_method(
         def run_batch(images: list[np.ndarray] = images, batch: int = batch) -> None:
             prepared.detect(images, batch_size=batch)
 
-        runs = time_runs(run_batch, max(1, min(repeats, 3)), 1, torch_device)
+        runs = time_interleaved({"batch": (None, run_batch)}, max(1, min(repeats, 3)), 1, torch_device)["batch"]
         seconds = float(np.median(runs))
         throughput.append({"batch": batch, "seconds_median": seconds, "images_per_s": batch / seconds})
 
-    floor, floor_passes = method_floor(prepared)
-    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(torch_device)
     with torch.no_grad():
-        floor_time = summarize(time_runs(lambda: floor(pixels), repeats, warmup, torch_device))
         floor_flops = count_flops(lambda: floor(pixels))
     flops = count_flops(lambda: prepared.detect(image))
     attention = attention_ops(lambda: prepared.detect(image))
@@ -342,14 +375,14 @@ def bench_method(
         "achieved_flops_per_s": achieved,
         "fraction_of_peak": achieved / peak_flops_per_s,
         "text_prepare_s": {
-            "cold": float(np.median(cold)),
-            "disk": float(np.median(disk)),
-            "warm": float(np.median(warm)),
+            "cold": float(np.median(cold["cold"])),
+            "disk": float(np.median(timed["disk"])),
+            "warm": float(np.median(timed["warm"])),
         },
         "first_request_s": {
-            "new_category": new_category[0],
-            "known_category": known[0],
-            "known_over_warm": known[0] / latency["median"],
+            "new_category": float(np.median(new_category["new"])),
+            "known_category": known,
+            "known_over_warm": known / latency["median"],
         },
         "peak_rss_mb": _rss_mb(),
         "cuda_max_allocated_mb": (

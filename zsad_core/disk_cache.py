@@ -76,6 +76,11 @@ def text_tower_fingerprint(backbone: ClipBackbone) -> str:
     return _FINGERPRINTS[backbone]
 
 
+def forget_fingerprints() -> None:
+    """Drop the memoised fingerprints (the next key computes them again, as a new process would)."""
+    _FINGERPRINTS.clear()
+
+
 def text_features_key(backbone: ClipBackbone, sentences: Sequence[str]) -> dict[str, str]:
     """The parts that identify one entry (stored as the file's metadata)."""
     return {
