@@ -432,6 +432,7 @@ def run_benchmark(
     ), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights, untrained heads: known, and the point here
         for method in methods:
+            print(f"bench: {method} on {model or 'its paper backbone'}, {device}, {precision}", file=sys.stderr)
             results.append(
                 bench_method(
                     method,
