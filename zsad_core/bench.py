@@ -517,6 +517,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default: 2)")
     parser.add_argument("--category", default="bottle", help="category name in the prompts (default: bottle)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 on a shared, busy machine)"
+    )
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON")
 
 
@@ -526,6 +529,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be at least 1 and --warmup at least 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # this command's own process only
     methods = parse_methods(args.methods) if args.methods else None
     report = run_benchmark(
         methods,
