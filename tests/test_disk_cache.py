@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from zsad_core import create_backbone
 from zsad_core.disk_cache import cache_dir, entry_path, text_features_key, text_tower_fingerprint
-from zsad_core.prompts import WINCLIP_PROMPTS, clear_text_caches, sentence_embeddings
+from zsad_core.prompts import REDUCERS, WINCLIP_PROMPTS, clear_text_caches, sentence_embeddings, text_anchors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CATEGORY = "metal nut"
@@ -133,3 +133,22 @@ def test_corrupt_or_foreign_entries_are_recomputed(disk_cache: Path, caplog: pyt
     save_file({"embeddings": torch.zeros_like(computed)}, str(path), metadata={"format": "other"})
     clear_text_caches()
     assert torch.equal(sentence_embeddings(backbone, CATEGORY, PROMPTS), computed)
+
+
+def test_anchors_are_read_back_without_reducing_again(disk_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def counting_mean(embeddings: torch.Tensor) -> torch.Tensor:
+        calls.append(len(embeddings))
+        return torch.nn.functional.normalize(embeddings.mean(0), dim=-1)
+
+    monkeypatch.setitem(REDUCERS, "counting-mean-test", counting_mean)
+    backbone = create_backbone("zsad-tiny")
+    computed = text_anchors(backbone, CATEGORY, PROMPTS, reducer="counting-mean-test").clone()
+    assert len(calls) == 2  # normal and abnormal
+
+    clear_text_caches()
+    _forbid_text_pass(monkeypatch, backbone)
+    loaded = text_anchors(backbone, CATEGORY, PROMPTS, reducer="counting-mean-test")
+    assert len(calls) == 2 and torch.equal(loaded, computed)
+    assert not torch.equal(text_anchors(backbone, CATEGORY, PROMPTS, reducer="mean"), computed)  # another key

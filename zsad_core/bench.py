@@ -20,8 +20,9 @@ Per method, on one backbone, device and precision, all measured in the same run:
 
 - ``flops_per_image`` (:class:`torch.utils.flop_counter.FlopCounterMode`, plus the fused
   ``nn.MultiheadAttention`` kernel it does not count), ``achieved_flops_per_s`` = flops / latency,
-  and ``fraction_of_peak`` = achieved / the device's matmul rate in the same precision, measured at
-  the start of the run (``peak_matmul``);
+  and ``fraction_of_peak`` = achieved / ``peak_matmul_flops_per_s``, the device's rate on a large
+  square matmul in the same precision, timed interleaved with the latency (``peak_matmul`` at the
+  top is the best of a few products at the start, for reference);
 - ``text_prepare_s``: preparing a category ``cold`` (text tower, no cache), from the ``disk``
   cache (what a new process does for a known category: the weights' fingerprint, then the file)
   and ``warm`` (memory cache);
@@ -65,7 +66,7 @@ from .prompts import clear_text_caches
 from .registry import create_detector, list_methods
 
 DEFAULT_BATCHES = (1, 8)
-PEAK_MATMUL_SIDE = {"cpu": 2048, "cuda": 8192}
+PEAK_MATMUL_SIDE = {"cpu": 1024, "cuda": 8192}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Floor = Callable[[torch.Tensor], Any]
@@ -105,13 +106,20 @@ def summarize(seconds: Sequence[float]) -> dict[str, Any]:
     return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)), "runs": list(map(float, values))}
 
 
-def peak_matmul(device: torch.device, precision: str, repeats: int = 5) -> dict[str, Any]:
-    """The device's dense matmul rate in ``precision``: the best of ``repeats`` square n x n products."""
+def matmul_run(device: torch.device, precision: str) -> tuple[Callable[[], Any], int]:
+    """One square n x n matmul in ``precision`` on ``device``, and its FLOPs (the device's peak probe)."""
     side = PEAK_MATMUL_SIDE["cuda" if device.type == "cuda" else "cpu"]
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(side, side, generator=generator).to(device, _DTYPES[precision]) for _ in range(2))
-    seconds = time_interleaved({"matmul": (None, lambda: a @ b)}, repeats, 2, device)["matmul"]
-    return {"precision": precision, "side": side, "flops_per_s": 2 * side**3 / min(seconds)}
+    return (lambda: a @ b), 2 * side**3
+
+
+def peak_matmul(device: torch.device, precision: str, repeats: int = 5) -> dict[str, Any]:
+    """The device's dense matmul rate in ``precision``: the best of ``repeats`` square n x n products."""
+    run, flops = matmul_run(device, precision)
+    seconds = time_interleaved({"matmul": (None, run)}, repeats, 2, device)["matmul"]
+    side = PEAK_MATMUL_SIDE["cuda" if device.type == "cuda" else "cpu"]
+    return {"precision": precision, "side": side, "flops_per_s": flops / min(seconds)}
 
 
 # ------------------------------------------------------------------------------ counting and ops
@@ -291,7 +299,6 @@ def bench_method(
     repeats: int,
     warmup: int,
     category: str,
-    peak_flops_per_s: float,
 ) -> dict[str, Any]:
     """Every measurement of the module docstring for one method (the disk cache must point at an
     empty temporary folder: the cold and new-category numbers assume a miss)."""
@@ -305,6 +312,8 @@ def bench_method(
     prepared = detector.prepared(category)
     floor, floor_passes = method_floor(prepared)
     pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(torch_device)
+
+    matmul, matmul_flops = matmul_run(torch_device, precision)
 
     def run_floor() -> None:
         with torch.no_grad():
@@ -330,6 +339,7 @@ def bench_method(
         {
             "latency": (None, lambda: prepared.detect(image)),
             "floor": (None, run_floor),
+            "matmul": (None, matmul),
             "known": (_forget_text, lambda: detector.prepared(category).detect(image)),
             "disk": (_forget_text, lambda: detector.prepared(category)),
             "warm": (None, lambda: detector.prepared(category)),
@@ -358,6 +368,7 @@ def bench_method(
     attention = attention_ops(lambda: prepared.detect(image))
 
     achieved = flops / latency["median"]
+    peak = matmul_flops / float(np.median(timed["matmul"]))  # under the same load as the latency
     return {
         "method": method,
         "model": detector.config.model,
@@ -373,7 +384,8 @@ def bench_method(
         "flops_per_image": flops,
         "floor_flops_per_image": floor_flops,
         "achieved_flops_per_s": achieved,
-        "fraction_of_peak": achieved / peak_flops_per_s,
+        "peak_matmul_flops_per_s": peak,
+        "fraction_of_peak": achieved / peak,
         "text_prepare_s": {
             "cold": float(np.median(cold["cold"])),
             "disk": float(np.median(timed["disk"])),
@@ -444,7 +456,6 @@ def run_benchmark(
                     repeats=repeats,
                     warmup=warmup,
                     category=category,
-                    peak_flops_per_s=peak["flops_per_s"],
                 )
             )
     return {"machine": machine_description(device), "peak_matmul": peak, "results": results}

@@ -10,8 +10,10 @@ were computed with. Each entry is keyed by all of them:
 - the precision, the device type, and the torch and open_clip versions, so a hit gives the very
   floats the text pass would give here.
 
-An entry is one safetensors file ``<cache>/text/<key[:2]>/<key>.safetensors`` holding the (P, D)
-float32 embeddings, with the key's parts in its metadata (checked on load: a collision or a foreign
+Two kinds of entries are kept: sentence embeddings, and the anchors reduced from them (a reduction
+such as CLIP-AD's DBSCAN costs more than reading a file; the reducer's name is part of the key).
+An entry is one safetensors file ``<cache>/text/<key[:2]>/<key>.safetensors`` holding one float32
+tensor, with the key's parts in its metadata (checked on load: a collision or a foreign
 file is a miss). Files are written to a temporary name and renamed, so readers never see a partial
 file and concurrent writers of one entry are harmless. A file that cannot be read or written is
 logged and ignored: the cache never makes a detection fail.
@@ -28,7 +30,7 @@ import logging
 import os
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,18 +136,26 @@ def save_text_features(key: dict[str, str], features: torch.Tensor) -> Path | No
     return path
 
 
-def encode_text_cached(backbone: ClipBackbone, sentences: Sequence[str]) -> torch.Tensor:
-    """``backbone.encode_text(sentences)`` through the disk cache (unless ``ZSAD_DISK_CACHE=0``).
+def cached_text_tensor(
+    backbone: ClipBackbone, sentences: Sequence[str], compute: Callable[[], torch.Tensor], **extra: str
+) -> torch.Tensor:
+    """``compute()`` through the disk cache (unless ``ZSAD_DISK_CACHE=0``): a float32 tensor that
+    depends only on the text tower, ``sentences`` and ``extra`` (e.g. ``kind="anchors"``, ``reducer=...``).
 
     Returns:
-        (P, D) float32 embeddings on the backbone's device, bit-identical to ``encode_text``'s.
+        the tensor on the backbone's device, bit-identical to ``compute()``'s.
     """
     if not disk_cache_enabled():
-        return backbone.encode_text(sentences).float()
-    key = text_features_key(backbone, sentences)
+        return compute()
+    key = {**text_features_key(backbone, sentences), **extra}
     cached = load_text_features(key)
     if cached is not None:
         return cached.to(backbone.device)
-    features = backbone.encode_text(sentences).float()
-    save_text_features(key, features)
-    return features
+    value = compute()
+    save_text_features(key, value)
+    return value
+
+
+def encode_text_cached(backbone: ClipBackbone, sentences: Sequence[str]) -> torch.Tensor:
+    """``backbone.encode_text(sentences)`` through the disk cache: (P, D) float32 on the backbone's device."""
+    return cached_text_tensor(backbone, sentences, lambda: backbone.encode_text(sentences).float())

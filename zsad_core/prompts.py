@@ -9,8 +9,8 @@ state: ``template.format(state.format(class_name))``.
 Text anchors (the normal and abnormal text features, (D, 2)) are reduced from the sentence
 embeddings by one of :data:`REDUCERS` and cached per (backbone, method, class name, prompts,
 reducer), so a detector prepared twice for the same category encodes its prompts once. The sentence
-embeddings are also kept on disk (:mod:`zsad_core.disk_cache`), so a new process answers a known
-category without a text pass.
+embeddings and the anchors are also kept on disk (:mod:`zsad_core.disk_cache`), so a new process
+answers a known category without a text pass or a reduction.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .disk_cache import encode_text_cached
+from .disk_cache import cached_text_tensor, encode_text_cached
 
 if TYPE_CHECKING:
     from .backbone import ClipBackbone
@@ -307,10 +307,14 @@ def text_anchors(
     """
     if reducer not in REDUCERS:
         raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
-    num_normal = len(prompts.sentences(class_name)[0])
+    normal, abnormal = prompts.sentences(class_name)
     key = (backbone.key, method_id, " ".join(class_name.split()), prompts, reducer)
 
-    def compute() -> torch.Tensor:
-        return reduce_anchors(sentence_embeddings(backbone, class_name, prompts), num_normal, reducer)
+    def reduce() -> torch.Tensor:
+        return reduce_anchors(sentence_embeddings(backbone, class_name, prompts), len(normal), reducer)
+
+    def compute() -> torch.Tensor:  # a reducer is known by its name, which holds its settings (e.g. RVS eps)
+        extra = {"kind": "anchors", "reducer": reducer, "num_normal": str(len(normal))}
+        return cached_text_tensor(backbone, normal + abnormal, reduce, **extra)
 
     return TEXT_FEATURE_CACHE.get_or_compute(key, compute)
