@@ -48,6 +48,8 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
+from .disk_cache import disk_cache_enabled, text_tower_fingerprint
+
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -633,7 +635,10 @@ def load_backbone(spec: BackboneSpec) -> ClipBackbone:
                 )
             model = model.to(device=spec.device, dtype=_PRECISIONS[spec.precision])
             tokenizer = open_clip.get_tokenizer(parse_model_name(loadable_name(spec.model)).name)
-            _CACHE[spec] = ClipBackbone(model, spec, tokenizer)
+            backbone = ClipBackbone(model, spec, tokenizer)
+            if disk_cache_enabled():  # while loading, so that no request pays for it
+                text_tower_fingerprint(backbone)
+            _CACHE[spec] = backbone
         return _CACHE[spec]
 
 

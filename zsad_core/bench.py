@@ -24,8 +24,7 @@ Per method, on one backbone, device and precision, all measured in the same run:
   square matmul in the same precision, timed interleaved with the latency (``peak_matmul`` at the
   top is the best of a few products at the start, for reference);
 - ``text_prepare_s``: preparing a category ``cold`` (text tower, no cache), from the ``disk``
-  cache (what a new process does for a known category: the weights' fingerprint, then the file)
-  and ``warm`` (memory cache);
+  cache (what a new process does for a known category) and ``warm`` (memory cache);
 - ``first_request_s``: prepare plus one image, for a ``new_category`` and for a ``known_category``
   in a new process (memory cleared, disk cache filled); ``known_over_warm`` divides the latter by
   the warm single-image latency;
@@ -61,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import ClipBackbone, resolve_device, resolve_precision
-from .disk_cache import CACHE_DIR_ENV, DISK_CACHE_ENV, forget_fingerprints
+from .disk_cache import CACHE_DIR_ENV, DISK_CACHE_ENV
 from .prompts import clear_text_caches
 from .registry import create_detector, list_methods
 
@@ -273,9 +272,9 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def _forget_text() -> None:
-    """Forget in-memory text features and weight fingerprints, as a new process starts (the disk stays)."""
+    """Forget in-memory text features, as in a new process that has loaded its model (the disk stays;
+    the weights' fingerprint is taken while loading, see :func:`zsad_core.backbone.load_backbone`)."""
     clear_text_caches()
-    forget_fingerprints()
 
 
 def _test_image(size: int, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@ Sentence embeddings depend only on the text tower's weights, the sentences, and 
 were computed with. Each entry is keyed by all of them:
 
 - a SHA-256 fingerprint of the text tower's tensors (names, shapes, dtypes and bytes; computed once
-  per loaded backbone), so new weights under the same model name miss the cache;
+  per backbone, while it loads), so new weights under the same model name miss the cache;
 - the exact sentences (every template applied to every state and the class name), so any change of
   prompts or category misses;
 - the precision, the device type, and the torch and open_clip versions, so a hit gives the very
@@ -76,11 +76,6 @@ def text_tower_fingerprint(backbone: ClipBackbone) -> str:
             digest.update(data.reshape(-1).view(torch.uint8).numpy())
         _FINGERPRINTS[backbone] = digest.hexdigest()
     return _FINGERPRINTS[backbone]
-
-
-def forget_fingerprints() -> None:
-    """Drop the memoised fingerprints (the next key computes them again, as a new process would)."""
-    _FINGERPRINTS.clear()
 
 
 def text_features_key(backbone: ClipBackbone, sentences: Sequence[str]) -> dict[str, str]:
