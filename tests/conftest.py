@@ -23,11 +23,21 @@ if "GRADIO_TEMP_DIR" not in os.environ:
         shutil.rmtree(_GRADIO_CACHE, ignore_errors=True)
 
 
+# Text features cached on disk (zsad_core.disk_cache) go to a folder of this test session, never to
+# the user's ~/.cache; set before anything runs, so subprocesses of the tests inherit it too.
+TEST_CACHE_DIR = Path(tempfile.mkdtemp(prefix="zsad-test-cache-"))
+os.environ["ZSAD_CACHE_DIR"] = str(TEST_CACHE_DIR)
 # One thread: the tests run many tiny ops, where a second thread costs more than it gains (measured).
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_cache_dir():
+    yield
+    shutil.rmtree(TEST_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

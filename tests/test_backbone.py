@@ -167,6 +167,16 @@ def test_missing_local_dir_and_device_and_precision_errors() -> None:
             resolve_device("cuda:0")
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16 else "fp32")
+    assert resolve_precision("auto", "cuda:1") == "fp16"
+    assert resolve_precision(None, "cpu") == "fp32"  # the reference precision (evaluation, training) stays
+    assert resolve_precision("fp32", "cpu") == "fp32"
+
+
 def test_architecture_without_tag_warns_that_scores_mean_nothing(tmp_path: Path) -> None:
     # A config open_clip knows but that is not one of the project's tiny models takes the same path as
     # "ViT-B-16" with no tag, without building a big model: copy zsad-tiny's config under a new name.

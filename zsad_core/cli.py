@@ -1,4 +1,4 @@
-"""Command line: ``python -m zsad_core`` (or ``zsad``) ``list | detect | explain | eval | train | synth``.
+"""Command line: ``python -m zsad_core`` (or ``zsad``) ``list | detect | explain | eval | train | synth | bench``.
 
 - ``list``: the registered methods (``--json`` for machine output), or with ``--models`` the
   project's tiny model configs and how to name open_clip models.
@@ -112,6 +112,13 @@ PLUGIN_COMMANDS: tuple[PluginCommand, ...] = (
         "add_export_arguments",
         "run_export",
         "export a method's model with one category's text as ONNX or a torch.export program",
+    ),
+    PluginCommand(
+        "bench",
+        "zsad_core.bench",
+        "add_bench_arguments",
+        "run_bench",
+        "time each method: latency, throughput, memory, text preparation, and the ratio to its bare forward passes",
     ),
     PluginCommand(
         "synth",
@@ -822,7 +829,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "fp16", "bf16"),
-        help="default: fp32 on CPU, fp16 on CUDA",
+        help="default: auto = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), fp16 on CUDA, else fp32",
     )
     parser.add_argument(
         "--batch-size", type=_positive_int, default=8, help="images decoded and run together (default: 8)"

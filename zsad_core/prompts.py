@@ -8,7 +8,9 @@ state: ``template.format(state.format(class_name))``.
 
 Text anchors (the normal and abnormal text features, (D, 2)) are reduced from the sentence
 embeddings by one of :data:`REDUCERS` and cached per (backbone, method, class name, prompts,
-reducer), so a detector prepared twice for the same category encodes its prompts once.
+reducer), so a detector prepared twice for the same category encodes its prompts once. The sentence
+embeddings and the anchors are also kept on disk (:mod:`zsad_core.disk_cache`), so a new process
+answers a known category without a text pass or a reduction.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from .disk_cache import cached_text_tensor, encode_text_cached
 
 if TYPE_CHECKING:
     from .backbone import ClipBackbone
@@ -284,13 +288,16 @@ def clear_text_caches() -> None:
 def sentence_embeddings(backbone: ClipBackbone, class_name: str, prompts: PromptSet) -> torch.Tensor:
     """Raw (not normalised) embeddings of ``prompts.sentences(class_name)``, normal sentences first.
 
+    Looked up in memory (:data:`SENTENCE_CACHE`), then on disk (:mod:`zsad_core.disk_cache`), and only
+    then computed by the text tower.
+
     Returns:
         (P, D) float32 tensor on the backbone's device, rows in the order of
         :meth:`PromptSet.sentences` (state-major: all templates of the first state, then the next).
     """
     normal, abnormal = prompts.sentences(class_name)
     key = (backbone.key, " ".join(class_name.split()), prompts)
-    return SENTENCE_CACHE.get_or_compute(key, lambda: backbone.encode_text(normal + abnormal).float())
+    return SENTENCE_CACHE.get_or_compute(key, lambda: encode_text_cached(backbone, normal + abnormal))
 
 
 def reduce_anchors(embeddings: torch.Tensor, num_normal: int, reducer: str) -> torch.Tensor:
@@ -315,10 +322,14 @@ def text_anchors(
     """
     if reducer not in REDUCERS:
         raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
-    num_normal = len(prompts.sentences(class_name)[0])
+    normal, abnormal = prompts.sentences(class_name)
     key = (backbone.key, method_id, " ".join(class_name.split()), prompts, reducer)
 
-    def compute() -> torch.Tensor:
-        return reduce_anchors(sentence_embeddings(backbone, class_name, prompts), num_normal, reducer)
+    def reduce() -> torch.Tensor:
+        return reduce_anchors(sentence_embeddings(backbone, class_name, prompts), len(normal), reducer)
+
+    def compute() -> torch.Tensor:  # a reducer is known by its name, which holds its settings (e.g. RVS eps)
+        extra = {"kind": "anchors", "reducer": reducer, "num_normal": str(len(normal))}
+        return cached_text_tensor(backbone, normal + abnormal, reduce, **extra)
 
     return TEXT_FEATURE_CACHE.get_or_compute(key, compute)
