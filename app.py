@@ -99,7 +99,8 @@ class AppSettings:
 
     Attributes:
         model: the backbone selected when the page opens (a model string or ``"paper"``).
-        device, precision: where and how the models run (None: CUDA + fp16 when present, else CPU + fp32).
+        device, precision: where and how the models run ("auto": fp16 on CUDA, bf16 on CPUs with native
+            bf16, fp32 otherwise; see :func:`zsad_core.backbone.resolve_precision`).
         warmup: run each method once at start-up, to load it and to measure seconds per image.
         max_images: images per request; more is refused with a message.
         max_pixels: pixels per image as its file declares; larger files are reported without being
@@ -116,7 +117,7 @@ class AppSettings:
 
     model: str
     device: str | None = None
-    precision: str | None = None
+    precision: str | None = "auto"
     warmup: bool = True
     max_images: int = _limit("ZSAD_MAX_IMAGES", 16)
     max_pixels: int = _limit("ZSAD_MAX_PIXELS", 50_000_000)
@@ -917,7 +918,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="default auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32",
+    )
     parser.add_argument("--no-warmup", action="store_true", help="skip the start-up run that measures each method")
     limits = parser.add_argument_group("limits (default: the environment variable named, else the value shown)")
     factories = {item.name: item.default_factory for item in fields(AppSettings)}

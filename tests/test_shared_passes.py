@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import make_image
 
-from zsad_core import create_detector
-from zsad_core.methods.base import SharedPasses, detect_together
+from zsad_core import create_detector, detect_together
+from zsad_core.methods.base import SharedPasses
 
 # One resize policy for all four, so they see the same pixels (WinCLIP's default, anomalib's tensor
 # path, differs from the others' PIL path: by default it shares no pass with them).

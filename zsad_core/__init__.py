@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "WeightsNotFoundError": "backbone",
     "create_backbone": "backbone",
     "create_detector": "registry",
+    "detect_together": "methods.base",
     "get_method": "registry",
     "list_methods": "registry",
     "list_tiny_models": "backbone",
@@ -47,6 +48,7 @@ __all__ = [  # the same names as _EXPORTS (tests/test_startup.py checks)
     "__version__",
     "create_backbone",
     "create_detector",
+    "detect_together",
     "get_method",
     "list_methods",
     "list_tiny_models",
@@ -56,7 +58,7 @@ __all__ = [  # the same names as _EXPORTS (tests/test_startup.py checks)
 
 if TYPE_CHECKING:
     from .backbone import ModelSpecError, WeightsNotFoundError, create_backbone, list_tiny_models
-    from .methods.base import Detector
+    from .methods.base import Detector, detect_together
     from .preprocess import ImageError, load_image
     from .prompts import PromptError, PromptSet
     from .registry import create_detector, get_method, list_methods, register_method
