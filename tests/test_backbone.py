@@ -10,6 +10,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import open_clip
 import pytest
@@ -329,3 +330,22 @@ def test_tokenize_refuses_empty_and_overlong_but_accepts_a_full_context() -> Non
     exactly_full = " ".join(["a"] * 75)  # start + 75 words + end = 77 tokens: fits, nothing is cut
     ids = backbone.tokenize([exactly_full])
     assert int(ids[0].argmax()) == 76
+
+
+@pytest.mark.parametrize("tokens", [17, 1030])
+def test_block_forward_equals_the_block_with_either_attention_kernel(tokens: int) -> None:
+    """Below CPU_SDPA_MIN_TOKENS the block's own MHA runs (bitwise block(x)); from it on, SDPA (fp32 rounding)."""
+    from zsad_core.backbone import CPU_SDPA_MIN_TOKENS
+
+    backbone = create_backbone("zsad-tiny", device="cpu", precision="fp32")
+    block = backbone.blocks[0]
+    x = torch.randn(2, tokens, backbone.width, generator=torch.Generator().manual_seed(tokens))
+    calls = []
+    original = backbone.attention_qkv
+    with torch.no_grad(), mock.patch.object(backbone, "attention_qkv", lambda *a: calls.append(1) or original(*a)):
+        ours, theirs = backbone.block_forward(block, x), block(x)
+    assert len(calls) == (tokens >= CPU_SDPA_MIN_TOKENS)  # SDPA runs on its own q, k, v only for long sequences
+    if tokens < CPU_SDPA_MIN_TOKENS:
+        assert torch.equal(ours, theirs)
+    else:  # the same sums in another order: ~1e-6 of the activations' size (|x| ~ 3 here)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)

@@ -163,21 +163,21 @@ def plain_pass(backbone: ClipBackbone, tokens: torch.Tensor) -> torch.Tensor:
     """(B, L, C) embedded tokens through ``ln_pre``, every block and the pooling -> (B, D)."""
     x = backbone.visual.ln_pre(tokens)
     for block in backbone.blocks:
-        x = block(x)
+        x = backbone.block_forward(block, x)
     return backbone.pool(x)
 
 
 def dual_path_pass(backbone: ClipBackbone, tokens: torch.Tensor, stage_ends: Sequence[int]) -> list[torch.Tensor]:
-    """SDP's two paths through the blocks up to the last stage end: per block the q-k-v and the v-v
-    attention, one out-projection each, one MLP; returns each stage's (B, L, D) projected v-v tokens."""
+    """SDP's two paths through the blocks up to the last stage end: per block the plain block, and
+    the v projection, v-v attention and out-projection of its input; returns each stage's (B, L, D)
+    projected v-v tokens."""
     x = backbone.visual.ln_pre(tokens)
     value_path = torch.zeros_like(x)
     projected = []
     for index, block in enumerate(backbone.blocks[: max(stage_ends)]):
-        q, k, v = backbone.attention_qkv(block, block.ln_1(x))
-        x = x + block.ls_1(backbone.attention_output(block, F.scaled_dot_product_attention(q, k, v)))
+        v = backbone.attention_value(block, block.ln_1(x))
         value_path = value_path + backbone.attention_output(block, F.scaled_dot_product_attention(v, v, v))
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = backbone.block_forward(block, x)
         if index + 1 in stage_ends:
             projected.append(backbone.project_tokens(value_path))
     return projected

@@ -585,7 +585,7 @@ class AdaCLIPModel(AnomalyModel):
                 prompt = self._as_inserted(learned.visual_prompt(index, dynamic_visual), x.dtype)
                 prompt = prompt.expand(x.shape[0], -1, -1)
                 x = torch.cat([x if index == 0 else x[:, :-length], prompt], dim=1)
-            x = block(x)
+            x = backbone.block_forward(block, x)
             if index + 1 in layers:
                 taps.append(x[:, 1 : 1 + num_patches])
         return taps, backbone.pool(x)

@@ -206,7 +206,7 @@ def staged_dual_path(
             original = plain.stream[index + 1]
             if reference_aliasing and index + 1 < stage_ends[-1]:  # + the next block's attention residual
                 following = blocks[index + 1]
-                original = original + following.ls_1(following.attention(following.ln_1(original)))
+                original = original + following.ls_1(backbone.attention(following, following.ln_1(original)))
             original_tokens.append(original)
             surgery_tokens.append(surgery_path)
     surgery = [

@@ -128,7 +128,7 @@ class WinCLIPModel(AnomalyModel):
         for start in range(0, sequences.shape[0], self.config.window_batch):
             x = backbone.visual.ln_pre(sequences[start : start + self.config.window_batch])
             for block in backbone.blocks:
-                x = block(x)
+                x = backbone.block_forward(block, x)
             outputs.append(backbone.pool(x))
         return torch.cat(outputs).view(batch, n_windows, -1)
 
