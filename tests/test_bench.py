@@ -67,3 +67,10 @@ def test_flop_count_includes_the_fused_attention_kernel() -> None:
     with torch.no_grad():
         counted = count_flops(lambda: plain_pass(backbone, torch.randn(1, tokens, width)))
     assert counted == layers * per_block + pool
+
+
+def test_side_by_side_is_reported_with_identical_maps(report: dict) -> None:
+    together = report["side_by_side"]
+    assert together["methods"] == list(METHODS) and together["identical_maps"] is True
+    assert together["ratio"] == pytest.approx(together["together_s"]["median"] / together["one_by_one_s"]["median"])
+    assert len(together["together_s"]["runs"]) == len(together["one_by_one_s"]["runs"]) == REPEATS

@@ -61,6 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import ClipBackbone, resolve_device, resolve_precision
 from .disk_cache import CACHE_DIR_ENV, DISK_CACHE_ENV
+from .methods.base import detect_together
 from .prompts import clear_text_caches
 from .registry import create_detector, list_methods
 
@@ -402,6 +403,46 @@ def bench_method(
     }
 
 
+def bench_side_by_side(
+    methods: Sequence[str],
+    *,
+    model: str | None,
+    image_size: int | None,
+    device: str,
+    precision: str,
+    repeats: int,
+    warmup: int,
+    category: str,
+) -> dict[str, Any]:
+    """All ``methods`` on one image: :func:`~zsad_core.methods.base.detect_together` (shared passes)
+    against the sum of each method's own ``detect``, timed interleaved, with the result equality checked."""
+    detectors = [
+        create_detector(method, model=model, image_size=image_size, device=device, precision=precision).prepared(
+            category
+        )
+        for method in methods
+    ]
+    image = _test_image(detectors[0].config.image_size)
+    runs = {
+        "together": (None, lambda: detect_together(detectors, [image], 1)),
+        "one_by_one": (None, lambda: [detector.detect(image) for detector in detectors]),
+    }
+    seconds = time_interleaved(runs, repeats, warmup, detectors[0].device)
+    together = detect_together(detectors, [image], 1)
+    identical = all(
+        np.array_equal(together[detector.method_id][0].anomaly_map, detector.detect(image).anomaly_map)
+        for detector in detectors
+    )
+    together_s, alone_s = summarize(seconds["together"]), summarize(seconds["one_by_one"])
+    return {
+        "methods": list(methods),
+        "together_s": together_s,
+        "one_by_one_s": alone_s,
+        "ratio": together_s["median"] / alone_s["median"],
+        "identical_maps": identical,
+    }
+
+
 def machine_description(device: str) -> dict[str, Any]:
     """CPU model, cores, torch threads and versions, and the GPU's name on CUDA."""
     cpu = platform.processor() or platform.machine()
@@ -457,7 +498,21 @@ def run_benchmark(
                     category=category,
                 )
             )
-    return {"machine": machine_description(device), "peak_matmul": peak, "results": results}
+        side_by_side = None
+        if len(methods) > 1 and model is not None:  # one backbone for all: the app's side-by-side view
+            print(f"bench: {', '.join(methods)} side by side", file=sys.stderr)
+            side_by_side = bench_side_by_side(
+                methods,
+                model=model,
+                image_size=image_size,
+                device=device,
+                precision=precision,
+                repeats=repeats,
+                warmup=warmup,
+                category=category,
+            )
+    report = {"machine": machine_description(device), "peak_matmul": peak, "results": results}
+    return {**report, "side_by_side": side_by_side}
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -498,6 +553,13 @@ def format_report(report: dict[str, Any]) -> str:
     for entry in report["results"]:
         ops = ", ".join(f"{name} x{count}" for name, count in entry["attention"].items()) or "none"
         lines.append(f"{entry['method']}: attention {ops}; floor = {'; '.join(entry['floor_passes'])}")
+    together = report.get("side_by_side")
+    if together:
+        lines.append(
+            f"side by side ({', '.join(together['methods'])}, one image): together "
+            f"{together['together_s']['median'] * 1e3:.0f} ms, one by one {together['one_by_one_s']['median'] * 1e3:.0f} "
+            f"ms, ratio {together['ratio']:.2f}; identical maps: {together['identical_maps']}"
+        )
     return "\n".join(lines)
 
 
