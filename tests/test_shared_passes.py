@@ -70,3 +70,21 @@ def test_one_method_failing_does_not_stop_the_others(detectors: list, monkeypatc
     outcome = detect_together(detectors, [make_image(seed=1)])
     assert isinstance(outcome["sdp"], RuntimeError)
     assert all(len(outcome[method]) == 1 for method in ("winclip", "sdp_plus", "adaclip"))
+
+
+def test_the_plain_pass_runs_only_as_deep_as_asked_and_each_block_once(detectors: list, monkeypatch) -> None:
+    sdp, winclip = detectors[1], detectors[0]
+    backbone = sdp.backbone
+    shallow = create_detector("sdp", **SETTINGS, layers=(1, 2)).prepare("bottle")
+    pixels, _ = sdp.preprocess([make_image(seed=6)])
+    ran = []
+    original = backbone.block_forward
+    monkeypatch.setattr(backbone, "block_forward", lambda block, x: ran.append(block) or original(block, x))
+    passes = SharedPasses()
+    with torch.no_grad():
+        shallow.model(pixels, shallow.text_features, passes)
+        assert len(ran) == 2  # SDP with stages ending at blocks 1 and 2 runs two blocks, not all of them
+        winclip.model(pixels, winclip.text_features, passes)
+    # WinCLIP adds the blocks the shallow pass had not run, then one pass per window scale
+    assert len(ran) == backbone.num_layers * (1 + len(winclip.model.config.scales))
+    assert ran[: backbone.num_layers] == list(backbone.blocks)  # the plain pass: every block once, in order

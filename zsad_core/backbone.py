@@ -399,20 +399,38 @@ class VisualOutput:
     tokens: dict[int, torch.Tensor]
 
 
-@dataclass
 class PlainPass:
-    """The unchanged image-tower forward, with every residual stream kept (see :meth:`ClipBackbone.plain_pass`).
+    """The unchanged image-tower forward of one batch, run lazily (see :meth:`ClipBackbone.plain_pass`).
+
+    Blocks run only as deep as a caller asks (:meth:`through`), and each only once, so methods that
+    need the first blocks (SDP's stages on a deep tower) and methods that need them all (WinCLIP,
+    AdaCLIP's global embedding) share the same computation.
 
     Attributes:
         embedded: (B, 1+N, C) patch embedding with class token and positional embedding, before ``ln_pre``.
         stream: ``stream[i]`` (B, 1+N, C) is the input of block i (0-based; ``stream[0]`` is
-            ``ln_pre(embedded)``), ``stream[-1]`` the last block's output.
-        pooled: (B, D) global embedding ``ln_post(stream[-1][:, 0]) @ proj``, not normalised.
+            ``ln_pre(embedded)``), as far as it has been run.
     """
 
-    embedded: torch.Tensor
-    stream: list[torch.Tensor]
-    pooled: torch.Tensor
+    def __init__(self, backbone: ClipBackbone, pixels: torch.Tensor) -> None:
+        self._backbone = backbone
+        self.embedded = backbone.embed_patches(pixels)
+        self.stream = [backbone.visual.ln_pre(self.embedded)]
+        self._pooled: torch.Tensor | None = None
+
+    def through(self, depth: int) -> list[torch.Tensor]:
+        """The stream up to the output of block ``depth`` (1-based), running the blocks still missing."""
+        blocks = self._backbone.blocks
+        while len(self.stream) <= depth:
+            self.stream.append(self._backbone.block_forward(blocks[len(self.stream) - 1], self.stream[-1]))
+        return self.stream
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """(B, D) global embedding ``ln_post(CLS) @ proj`` after the last block, not normalised."""
+        if self._pooled is None:
+            self._pooled = self._backbone.pool(self.through(self._backbone.num_layers)[-1])
+        return self._pooled
 
 
 class ClipBackbone(nn.Module):
@@ -544,7 +562,7 @@ class ClipBackbone(nn.Module):
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
     def plain_pass(self, pixels: torch.Tensor) -> PlainPass:
-        """The unchanged image tower, block by block, keeping every residual stream.
+        """The unchanged image tower, block by block, keeping every residual stream; lazy (:class:`PlainPass`).
 
         Every method that needs the plain forward (WinCLIP's image pass, SDP's original path,
         AdaCLIP's un-prompted pass for its dynamic prompts) takes it from here, so methods run
@@ -553,11 +571,7 @@ class ClipBackbone(nn.Module):
         Args:
             pixels: (B, 3, S, S) normalised images.
         """
-        embedded = self.embed_patches(pixels)
-        stream = [self.visual.ln_pre(embedded)]
-        for block in self.blocks:
-            stream.append(self.block_forward(block, stream[-1]))
-        return PlainPass(embedded=embedded, stream=stream, pooled=self.pool(stream[-1]))
+        return PlainPass(self, pixels)
 
     def encode_image(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> VisualOutput:
         """Standard forward with intermediate tokens from ``layers`` (1-based), via open_clip.

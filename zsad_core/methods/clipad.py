@@ -196,14 +196,15 @@ def staged_dual_path(
     blocks = backbone.blocks
     surgery_tokens: list[torch.Tensor] = []
     original_tokens: list[torch.Tensor] = []
-    surgery_path = torch.zeros_like(plain.stream[0])
+    stream = plain.through(stage_ends[-1])
+    surgery_path = torch.zeros_like(stream[0])
     for index in range(stage_ends[-1]):
         block = blocks[index]
-        value = backbone.attention_value(block, block.ln_1(plain.stream[index]))
+        value = backbone.attention_value(block, block.ln_1(stream[index]))
         value_attended = backbone.attention_output(block, F.scaled_dot_product_attention(value, value, value))
         surgery_path = value_attended if index in stage_starts else surgery_path + value_attended
         if index + 1 in stage_ends:
-            original = plain.stream[index + 1]
+            original = stream[index + 1]
             if reference_aliasing and index + 1 < stage_ends[-1]:  # + the next block's attention residual
                 following = blocks[index + 1]
                 original = original + following.ls_1(backbone.attention(following, following.ln_1(original)))
