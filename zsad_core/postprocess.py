@@ -7,12 +7,13 @@ directly comparable pixel by pixel.
 
 Everything here is torch and stays on the maps' device, so a method's model is exportable. The
 smoothing (:func:`gaussian_blur`) is the references' ``scipy.ndimage.gaussian_filter`` (``truncate=4``,
-``mode="reflect"``) written as two 1-D convolutions over an index-mirrored padding; it equals scipy
-to float32 rounding (``tests/test_postprocess.py``).
+``mode="reflect"``) written as two products with banded matrices that hold the mirrored padding; it
+equals scipy to float32 rounding (``tests/test_postprocess.py``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -60,8 +61,29 @@ def symmetric_indices(length: int, radius: int) -> torch.Tensor:
     return torch.where(period < length, period, 2 * length - 1 - period)
 
 
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(length: int, sigma: float, device: str) -> torch.Tensor:
+    """(length, length) float32 matrix of scipy's 1-D Gaussian filter with ``reflect`` padding.
+
+    Row i holds the kernel weights of output i at the input positions they read, with the weights of
+    mirrored positions added to the position they mirror (built in float64).
+    """
+    kernel = gaussian_kernel(sigma)
+    radius = (kernel.numel() - 1) // 2
+    padded = symmetric_indices(length, radius)  # input index of each padded position
+    rows = torch.arange(length).repeat_interleave(kernel.numel())
+    cols = padded.unfold(0, kernel.numel(), 1).reshape(-1)  # output i reads padded positions i .. i + 2r
+    matrix = torch.zeros(length, length, dtype=torch.float64)
+    matrix.index_put_((rows, cols), kernel.repeat(length), accumulate=True)
+    return matrix.to(device=device, dtype=torch.float32)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Tensor:
     """Gaussian smoothing of each map, as ``scipy.ndimage.gaussian_filter(m, sigma)`` (truncate 4, reflect).
+
+    The filter is separable and linear, so each axis is one matrix product with a banded
+    (side x side) matrix (:func:`_blur_matrix`): ``B_H @ map @ B_W^T``. That is several times
+    faster than a convolution with a 65-tap kernel on a single channel, exportable, and on any device.
 
     Args:
         maps: (B, H, W) float maps, on any device.
@@ -72,15 +94,10 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Ten
     maps = maps.float()
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel(sigma).to(device=maps.device, dtype=torch.float32)
-    radius = (kernel.numel() - 1) // 2
     height, width = maps.shape[-2:]
-    rows = symmetric_indices(height, radius).to(maps.device)
-    cols = symmetric_indices(width, radius).to(maps.device)
-    x = maps.unsqueeze(1)  # (B, 1, H, W)
-    x = F.conv2d(x.index_select(3, cols), kernel.view(1, 1, 1, -1))  # along W
-    x = F.conv2d(x.index_select(2, rows), kernel.view(1, 1, -1, 1))  # along H
-    return x[:, 0]
+    device = str(maps.device)
+    rows, cols = _blur_matrix(height, float(sigma), device), _blur_matrix(width, float(sigma), device)
+    return rows @ maps @ cols.T
 
 
 def resize_map_tensor(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
