@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, parents: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it and ``os.replace``.
 
     ``path`` holds either its old content or the complete new one, never half a file. The file is
     created with ``open``, so its mode follows the umask like every other output (``tempfile``
-    would make it 0600).
+    would make it 0600). ``parents=True`` creates the missing folders above ``path`` first.
     """
     path = Path(path)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(temporary, "wb") as handle:
@@ -27,6 +31,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str, *, parents: bool = False) -> None:
     """:func:`write_bytes_atomic` for UTF-8 text."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"), parents=parents)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any, *, parents: bool = False, **dumps_options: Any) -> None:
+    """:func:`write_text_atomic` for ``json.dumps(payload, indent=2, **dumps_options)`` and a final newline."""
+    write_text_atomic(path, json.dumps(payload, indent=2, **dumps_options) + "\n", parents=parents)
