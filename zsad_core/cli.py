@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .files import write_text_atomic
+from .files import write_json_atomic
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -499,11 +499,6 @@ def parse_methods(text: str | None) -> list[str]:
     for method in methods:
         get_method(method)  # ValueError naming the known methods
     return list(dict.fromkeys(methods))
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that ``path`` always holds either the old or the complete new document."""
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @dataclass
