@@ -34,19 +34,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
+
+from .hub import cache_description, hub_fetch
 
 logger = logging.getLogger(__name__)
 
@@ -199,32 +199,12 @@ def _local_weight_candidates(arch: str, tag: str) -> list[Path]:
     return candidates
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap connectivity probe, so offline use fails at once instead of after minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _hub_download(repo_id: str, filenames: Sequence[str], what: str, looked_in: list[str]) -> Path:
     """Fetch the first of ``filenames`` from a hub repo: cache first, then network if reachable."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    looked_in.append(f"the Hugging Face cache {HF_HUB_CACHE} (repo {repo_id})")
-    for local_only in (True, False):
-        if not local_only and not _hub_reachable():
-            break
-        for filename in filenames:
-            try:
-                return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
-            except Exception as error:  # noqa: BLE001 - the hub client raises many types; we report below
-                logger.debug("hub %s/%s (local_only=%s): %s", repo_id, filename, local_only, error)
+    looked_in.append(cache_description(repo_id))
+    path = hub_fetch(repo_id, filenames)
+    if path is not None:
+        return path
     raise WeightsNotFoundError(
         f"Could not find the weights for {what}: they are not on this disk and the Hugging Face Hub "
         f"cannot be reached.\nLooked in:\n  - " + "\n  - ".join(looked_in) + "\n"
