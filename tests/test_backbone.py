@@ -7,6 +7,7 @@ against open_clip's own forward, so a method built from them computes the standa
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -319,3 +320,15 @@ def test_tokenize_refuses_empty_and_overlong_but_accepts_a_full_context() -> Non
     exactly_full = " ".join(["a"] * 75)  # start + 75 words + end = 77 tokens: fits, nothing is cut
     ids = backbone.tokenize([exactly_full])
     assert int(ids[0].argmax()) == 76
+
+
+def test_model_creation_leaves_logging_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """Building a random-init model drops only open_clip's "initialized randomly" record, while it builds."""
+    root = logging.getLogger()
+    before = (logging.root.manager.disable, root.disabled, list(root.filters), root.level)
+    clear_backbone_cache()
+    with caplog.at_level(logging.WARNING):
+        load_backbone(BackboneSpec("zsad-tiny", seed=0))
+    assert (logging.root.manager.disable, root.disabled, list(root.filters), root.level) == before
+    assert "initialized randomly" not in caplog.text
+    assert "zsad-tiny" in open_clip.list_models()  # registered once, at import

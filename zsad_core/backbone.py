@@ -68,15 +68,22 @@ class ModelSpecError(ValueError):
     """A model name, tag, file or architecture that cannot be used."""
 
 
-def _register_project_configs() -> None:
-    # add_model_config is idempotent: it re-reads the folder into open_clip's config registry.
-    if not set(list_tiny_models()) <= set(open_clip.list_models()):
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
 def list_tiny_models() -> list[str]:
     """Names of the project's own random-init configs (``zsad-tiny``, ...)."""
     return sorted(path.stem for path in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+# The project's tiny configs join open_clip's config registry once, when this module is imported:
+# open_clip builds architectures from that registry only. Nothing here changes it later.
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "initialized randomly" record (root logger): zsad warns itself where it matters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_open_clip = Path(record.pathname).is_relative_to(Path(open_clip.__file__).parent)
+        return not (from_open_clip and "initialized randomly" in record.getMessage())
 
 
 def list_project_models() -> list[str]:
@@ -263,7 +270,6 @@ def resolve_pretrained_file(arch: str, tag: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ loading
 def _create_open_clip_model(spec: BackboneSpec) -> nn.Module:
-    _register_project_configs()
     parsed = parse_model_name(loadable_name(spec.model))
     common = dict(force_quick_gelu=spec.quick_gelu, precision="fp32", device="cpu")
     if parsed.is_schema:
@@ -291,11 +297,12 @@ def _create_open_clip_model(spec: BackboneSpec) -> nn.Module:
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            logging.getLogger().disabled, previous = True, logging.getLogger().disabled
-            try:  # open_clip logs a warning about random init on the root logger; we warn ourselves
+            notice = _RandomInitNotice()
+            logging.getLogger().addFilter(notice)  # that record only, and only during this call
+            try:
                 return open_clip.create_model(parsed.name, **common)
             finally:
-                logging.getLogger().disabled = previous
+                logging.getLogger().removeFilter(notice)
     if parsed.is_file:
         path = Path(parsed.pretrained).expanduser()
         if not path.is_file():

@@ -975,8 +975,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    previous_format = warnings.formatwarning
     if not args.debug:  # one readable line per warning, without the library source line under it
-        warnings.formatwarning = lambda message, category, *_args, **_kwargs: f"warning: {message}\n"
+        warnings.formatwarning = _one_line_warning  # for this command only (restored below)
     started = time.perf_counter()
     try:
         status = int(args.handler(args))
@@ -1008,8 +1009,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    finally:
+        warnings.formatwarning = previous_format
     logger.debug("%s finished in %.2fs with status %d", args.command, time.perf_counter() - started, status)
     return status
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> str:
+    """``warning: message``: the CLI's format of a warning, without the source line under it."""
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":
