@@ -33,7 +33,7 @@ from .backbone import (
     weights_dirs,
 )
 from .hub import hub_reachable as hub_reachable  # re-exported: the app and the CLI ask it here
-from .registry import get_method, list_methods
+from .registry import get_method
 
 logger = logging.getLogger(__name__)
 
@@ -247,10 +247,3 @@ def method_status(
         )
         return MethodStatus(method, cls.info.name, model, image_size, False, reason, remedy)
     return MethodStatus(method, cls.info.name, model, image_size, True, checkpoints=checkpoints)
-
-
-def method_statuses(
-    model: str | None = None, image_size: int | None = None, *, downloadable: bool = False
-) -> list[MethodStatus]:
-    """:func:`method_status` for every registered method, in registration order."""
-    return [method_status(info.id, model, image_size, downloadable=downloadable) for info in list_methods()]

@@ -340,7 +340,7 @@ def default_num_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-def _seed_worker(worker_id: int) -> None:
+def _seed_worker(_worker_id: int) -> None:
     """Seed a worker's global generators from its DataLoader seed (items draw from their own seeds anyway)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
