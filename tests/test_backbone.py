@@ -7,6 +7,7 @@ against open_clip's own forward, so a method built from them computes the standa
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -169,7 +170,9 @@ def test_missing_local_dir_and_device_and_precision_errors() -> None:
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
-def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16 else "fp32")
@@ -349,3 +352,15 @@ def test_block_forward_equals_the_block_with_either_attention_kernel(tokens: int
         assert torch.equal(ours, theirs)
     else:  # the same sums in another order: ~1e-6 of the activations' size (|x| ~ 3 here)
         torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
+
+
+def test_model_creation_leaves_logging_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """Building a random-init model drops only open_clip's "initialized randomly" record, while it builds."""
+    root = logging.getLogger()
+    before = (logging.root.manager.disable, root.disabled, list(root.filters), root.level)
+    clear_backbone_cache()
+    with caplog.at_level(logging.WARNING):
+        load_backbone(BackboneSpec("zsad-tiny", seed=0))
+    assert (logging.root.manager.disable, root.disabled, list(root.filters), root.level) == before
+    assert "initialized randomly" not in caplog.text
+    assert "zsad-tiny" in open_clip.list_models()  # registered once, at import

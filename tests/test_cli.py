@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +380,21 @@ def test_explain_names_a_bad_image_without_loading_a_model(capsys: pytest.Captur
     broken.write_bytes(b"no image here")
     status, _, err = run_cli(capsys, "explain", str(broken), "--category", "bottle", *TINY)
     assert status == 2 and err.startswith("error: ") and "broken.png" in err and err.count("\n") == 1
+
+
+def test_one_line_warnings_are_the_commands_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``warning: message`` while a command runs; the process's own format before and after."""
+    original = warnings.formatwarning
+    seen = []
+
+    def handler(args) -> int:
+        seen.append(warnings.formatwarning("careful", UserWarning, "file.py", 1))
+        return 0
+
+    monkeypatch.setattr(cli, "run_list", handler)
+    assert main(["list"]) == 0
+    assert seen == ["warning: careful\n"]
+    assert warnings.formatwarning is original
+    monkeypatch.setattr(cli, "run_list", lambda args: 1 / 0)  # an internal error restores it too
+    assert main(["list"]) == 3
+    assert warnings.formatwarning is original

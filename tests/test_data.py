@@ -18,6 +18,7 @@ from zsad_core.data import (
     load_mask,
     make_synthetic_dataset,
     open_dataset,
+    split_data_specs,
     write_meta_json,
 )
 
@@ -439,3 +440,13 @@ def test_real_brainmri(fmt):
     assert any(" " in s.image_path.name for s in ds)
     if fmt == "brainmri":
         assert ds.prompt_name("brainmri") == "brain"
+
+
+def test_split_data_specs_edge_cases() -> None:
+    """The one --data parser of eval and train: a comma starts a spec only before a known '<format>:'."""
+    assert split_data_specs("mvtec:/a,visa:/b") == ["mvtec:/a", "visa:/b"]
+    assert split_data_specs(["mvtec:/a", "visa:/b,folder:/c"]) == ["mvtec:/a", "visa:/b", "folder:/c"]
+    assert split_data_specs("mvtec:/data/a,b/c") == ["mvtec:/data/a,b/c"]  # a comma inside a path
+    assert split_data_specs("folder:C:\\data,x,VisA:D:\\visa") == ["folder:C:\\data,x", "VisA:D:\\visa"]  # drives
+    assert split_data_specs(" mvtec:/a , ,visa:/b,") == ["mvtec:/a ,", "visa:/b,"]  # commas not before a format stay in the path
+    assert split_data_specs(["", "  "]) == []

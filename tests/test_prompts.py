@@ -176,3 +176,22 @@ def test_winclip_anchors_equal_full_context_encoding() -> None:
     anchors = detector.text_features
     torch.testing.assert_close(anchors[:, 0], _reduce(embeddings[: len(normal)], "mean_raw"), rtol=0, atol=1e-5)
     torch.testing.assert_close(anchors[:, 1], _reduce(embeddings[len(normal) :], "mean_raw"), rtol=0, atol=1e-5)
+
+
+def test_rvs_reducers_are_resolved_by_name_without_registering() -> None:
+    from zsad_core.methods.clipad import representative_vector, rvs_reducer_name
+    from zsad_core.prompts import REDUCERS, get_reducer
+
+    before = dict(REDUCERS)
+    for method in ("mean", "pca", "kde", "dbscan", "mean_shift"):
+        for rounds in (False, True):
+            name = rvs_reducer_name(method, 0.25, 7, rounds)
+            reducer = get_reducer(name)
+            expected = {"method": method, "round_fp16": rounds and method != "mean"}
+            if method == "dbscan":
+                expected.update(eps=0.25, min_samples=7)
+            assert reducer.func is representative_vector and reducer.keywords == expected  # mean never rounds
+    assert REDUCERS == before  # nothing registered per call
+    for unknown in ("rvs-nope", "rvs-dbscan-epsx-min3", "nothing"):
+        with pytest.raises(PromptError, match="unknown text reduction"):
+            get_reducer(unknown)

@@ -227,6 +227,30 @@ def test_resume_matches_uninterrupted_run(spec, tmp_path):
         train(_detector(), spec, tmp_path / "never.safetensors", steps=1, resume=True, **common)
 
 
+def test_worker_processes_change_no_number(spec, tmp_path):
+    """Decoding in 2 worker processes or in this one gives the same losses and trained weights."""
+    common = dict(steps=5, batch_size=5, lr=1e-2, mosaic_prob=0.5, progress=False)  # mosaic: partner draws too
+    here, workers = _detector(), _detector()
+    a = train(here, spec, tmp_path / "here.safetensors", num_workers=0, **common)
+    b = train(workers, spec, tmp_path / "workers.safetensors", num_workers=2, **common)
+    assert a["losses"] == b["losses"]
+    for name, value in _parameters(here).items():
+        assert torch.equal(value, _parameters(workers)[name]), name
+    with pytest.raises(ValueError, match="num_workers"):
+        train(_detector(), spec, tmp_path / "x.safetensors", steps=1, num_workers=-1, progress=False)
+
+
+def test_unreadable_images_are_skipped_and_named_once_with_workers(tmp_path):
+    spec = make_synthetic_dataset(tmp_path / "aux", "mvtec", categories=("widget",), n_good=3, n_bad=3, size=64)
+    broken = next(s.image_path for s in collect_training_samples([spec]) if s.label == 0)
+    broken.write_bytes(broken.read_bytes()[:60])
+    out = tmp_path / "x.safetensors"
+    with pytest.warns(UserWarning, match="skipping") as caught:
+        summary = train(_detector(), spec, out, steps=4, batch_size=3, num_workers=2, progress=False)
+    assert list(summary["unreadable"]) == [str(broken)]
+    assert sum("skipping" in str(w.message) for w in caught) == 1
+
+
 def test_argument_checks(spec, tmp_path):
     with pytest.raises(ValueError, match=".safetensors"):
         train(_detector(), spec, tmp_path / "x.pt", steps=1, progress=False)

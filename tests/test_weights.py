@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from zsad_core import WeightsNotFoundError, create_detector
+from zsad_core import hub as hub_module
 from zsad_core import weights as weights_module
 from zsad_core.methods.learnable import CheckpointMismatchError
 from zsad_core.weights import (
@@ -127,7 +128,7 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(weights_module, "_hub_reachable", refuse)
+    monkeypatch.setattr(hub_module, "hub_reachable", refuse)
 
 
 def test_file_in_weights_dir_is_found_and_verified(offline, monkeypatch):
@@ -196,7 +197,7 @@ def test_download_asks_for_the_pinned_revision(offline, tmp_path, monkeypatch):
         return str(downloaded)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(weights_module, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub_module, "hub_reachable", lambda: True)
     with pytest.raises(WeightsIntegrityError, match=ADACLIP_SHA256["pretrained_mvtec_colondb.pth"]):
         resolve_released_weights("adaclip-mvtec-colondb")
     assert calls == [

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .compare import ComparisonRun
+from .files import replacing
 from .visualize import DEFAULT_CMAP, RangeMode, display_ranges, overlay
 
 CSV_COLUMNS = ("image", "method", "status", "score", "seconds", "map_min", "map_max", "error")
@@ -140,10 +140,8 @@ def write_archive(
         "colour_scale": {"mode": scale, "cmap": cmap, "alpha": alpha},
         **dict(extra_settings or {}),
     }
-    handle = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", delete=False)
-    handle.close()
-    try:
-        with zipfile.ZipFile(handle.name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with replacing(destination) as temporary:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for image, stem, image_ranges in zip(run.images, stems, ranges):
                 for method, result in image.results.items():
                     low, high = image_ranges[method]
@@ -153,8 +151,4 @@ def write_archive(
             archive.writestr("scores.csv", _csv_text(rows))
             archive.writestr("scores.json", json.dumps({"category": run.category, "images": nested}, indent=2))
             archive.writestr("settings.json", json.dumps(settings, indent=2, default=str))
-        os.replace(handle.name, destination)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
     return destination

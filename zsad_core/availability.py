@@ -32,7 +32,8 @@ from .backbone import (
     project_model_dir,
     weights_dirs,
 )
-from .registry import get_method, list_methods
+from .hub import hub_reachable as hub_reachable  # re-exported: the app and the CLI ask it here
+from .registry import get_method
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +113,6 @@ def is_random_weights(model: str) -> bool:
         return False
     parsed = parse_model_name(model)
     return not parsed.is_schema and parsed.pretrained is None
-
-
-def hub_reachable() -> bool:
-    """Whether the Hugging Face Hub answers (False at once when ``HF_HUB_OFFLINE`` is set)."""
-    from .backbone import _hub_reachable
-
-    return _hub_reachable()
 
 
 def model_status(model: str, *, downloadable: bool = False) -> ModelStatus:
@@ -253,10 +247,3 @@ def method_status(
         )
         return MethodStatus(method, cls.info.name, model, image_size, False, reason, remedy)
     return MethodStatus(method, cls.info.name, model, image_size, True, checkpoints=checkpoints)
-
-
-def method_statuses(
-    model: str | None = None, image_size: int | None = None, *, downloadable: bool = False
-) -> list[MethodStatus]:
-    """:func:`method_status` for every registered method, in registration order."""
-    return [method_status(info.id, model, image_size, downloadable=downloadable) for info in list_methods()]

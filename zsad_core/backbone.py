@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -49,6 +47,7 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from .disk_cache import disk_cache_enabled, text_tower_fingerprint
+from .hub import cache_description, hub_fetch
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +73,22 @@ class ModelSpecError(ValueError):
     """A model name, tag, file or architecture that cannot be used."""
 
 
-def _register_project_configs() -> None:
-    # add_model_config is idempotent: it re-reads the folder into open_clip's config registry.
-    if not set(list_tiny_models()) <= set(open_clip.list_models()):
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
 def list_tiny_models() -> list[str]:
     """Names of the project's own random-init configs (``zsad-tiny``, ...)."""
     return sorted(path.stem for path in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+# The project's tiny configs join open_clip's config registry once, when this module is imported:
+# open_clip builds architectures from that registry only. Nothing here changes it later.
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "initialized randomly" record (root logger): zsad warns itself where it matters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_open_clip = Path(record.pathname).is_relative_to(Path(open_clip.__file__).parent)
+        return not (from_open_clip and "initialized randomly" in record.getMessage())
 
 
 def list_project_models() -> list[str]:
@@ -231,32 +237,12 @@ def _local_weight_candidates(arch: str, tag: str) -> list[Path]:
     return candidates
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap connectivity probe, so offline use fails at once instead of after minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _hub_download(repo_id: str, filenames: Sequence[str], what: str, looked_in: list[str]) -> Path:
     """Fetch the first of ``filenames`` from a hub repo: cache first, then network if reachable."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    looked_in.append(f"the Hugging Face cache {HF_HUB_CACHE} (repo {repo_id})")
-    for local_only in (True, False):
-        if not local_only and not _hub_reachable():
-            break
-        for filename in filenames:
-            try:
-                return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
-            except Exception as error:  # noqa: BLE001 - the hub client raises many types; we report below
-                logger.debug("hub %s/%s (local_only=%s): %s", repo_id, filename, local_only, error)
+    looked_in.append(cache_description(repo_id))
+    path = hub_fetch(repo_id, filenames)
+    if path is not None:
+        return path
     raise WeightsNotFoundError(
         f"Could not find the weights for {what}: they are not on this disk and the Hugging Face Hub "
         f"cannot be reached.\nLooked in:\n  - " + "\n  - ".join(looked_in) + "\n"
@@ -315,7 +301,6 @@ def resolve_pretrained_file(arch: str, tag: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ loading
 def _create_open_clip_model(spec: BackboneSpec) -> nn.Module:
-    _register_project_configs()
     parsed = parse_model_name(loadable_name(spec.model))
     common = dict(force_quick_gelu=spec.quick_gelu, precision="fp32", device="cpu")
     if parsed.is_schema:
@@ -343,11 +328,12 @@ def _create_open_clip_model(spec: BackboneSpec) -> nn.Module:
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            logging.getLogger().disabled, previous = True, logging.getLogger().disabled
-            try:  # open_clip logs a warning about random init on the root logger; we warn ourselves
+            notice = _RandomInitNotice()
+            logging.getLogger().addFilter(notice)  # that record only, and only during this call
+            try:
                 return open_clip.create_model(parsed.name, **common)
             finally:
-                logging.getLogger().disabled = previous
+                logging.getLogger().removeFilter(notice)
     if parsed.is_file:
         path = Path(parsed.pretrained).expanduser()
         if not path.is_file():

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .files import write_text_atomic
+from .files import write_json_atomic
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -506,11 +506,6 @@ def parse_methods(text: str | None) -> list[str]:
     for method in methods:
         get_method(method)  # ValueError naming the known methods
     return list(dict.fromkeys(methods))
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that ``path`` always holds either the old or the complete new document."""
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @dataclass
@@ -987,8 +982,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    previous_format = warnings.formatwarning
     if not args.debug:  # one readable line per warning, without the library source line under it
-        warnings.formatwarning = lambda message, category, *_args, **_kwargs: f"warning: {message}\n"
+        warnings.formatwarning = _one_line_warning  # for this command only (restored below)
     started = time.perf_counter()
     try:
         status = int(args.handler(args))
@@ -1020,8 +1016,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    finally:
+        warnings.formatwarning = previous_format
     logger.debug("%s finished in %.2fs with status %d", args.command, time.perf_counter() - started, status)
     return status
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> str:
+    """``warning: message``: the CLI's format of a warning, without the source line under it."""
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":

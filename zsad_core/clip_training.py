@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .files import replacing, write_text_atomic
 from .prompts import ADACLIP_PROMPTS, CLIPAD_PROMPTS, WINCLIP_TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"
@@ -130,13 +131,10 @@ def save_model_folder(model: torch.nn.Module, model_config: dict[str, Any], out:
         "model_cfg": model_config,
         "preprocess_cfg": {"size": image_size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic"},
     }
-    temporary = out / f".{CONFIG_FILE}.tmp"
-    temporary.write_text(json.dumps(folder_config, indent=2))
-    os.replace(temporary, out / CONFIG_FILE)
+    write_text_atomic(out / CONFIG_FILE, json.dumps(folder_config, indent=2))
     tensors = {name: value.detach().to(torch.float16).contiguous() for name, value in model.state_dict().items()}
-    temporary = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(temporary), metadata={key: json.dumps(value) for key, value in metadata.items()})
-    os.replace(temporary, out / WEIGHTS_FILE)
+    with replacing(out / WEIGHTS_FILE) as temporary:
+        save_file(tensors, str(temporary), metadata={key: json.dumps(value) for key, value in metadata.items()})
     return out
 
 

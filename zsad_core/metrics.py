@@ -591,7 +591,6 @@ class PixelMetricAccumulator:
         self._neg_max = np.full(self.num_bins, -np.inf)
         self._vmin, self._vmax = math.inf, -math.inf
         self.num_images = 0
-        self.num_pos = 0
         self.num_neg = 0
         self.num_regions = 0
         self.num_clipped = 0
@@ -623,7 +622,6 @@ class PixelMetricAccumulator:
         if px.size == 0:
             return
         self.num_images += px.num_images
-        self.num_pos += px.pos.size
         self.num_neg += px.neg.size
         self.num_regions += px.num_regions
         for v in (px.pos, px.neg):

@@ -14,7 +14,6 @@ equals scipy to float32 rounding (``tests/test_postprocess.py``).
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import numpy as np
 import torch
@@ -112,18 +111,3 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """:func:`resize_map_tensor` for a numpy map: (h, w) -> (H, W) float32."""
     tensor = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))
     return resize_map_tensor(tensor, size).numpy()
-
-
-def aggregate_score(
-    anomaly_map: np.ndarray, mode: Literal["max", "mean", "topk"] = "max", topk_fraction: float = 0.01
-) -> float:
-    """One number from a map: its maximum, mean, or the mean of its top ``topk_fraction`` values."""
-    values = np.asarray(anomaly_map, dtype=np.float64).ravel()
-    if mode == "max":
-        return float(values.max())
-    if mode == "mean":
-        return float(values.mean())
-    if mode == "topk":
-        k = max(1, int(round(values.size * topk_fraction)))
-        return float(np.partition(values, values.size - k)[-k:].mean())
-    raise ValueError(f"unknown aggregation {mode!r}; use max, mean or topk")

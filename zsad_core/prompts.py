@@ -238,9 +238,31 @@ Reducer = Callable[[torch.Tensor], torch.Tensor]
 REDUCERS: dict[str, Reducer] = {"mean": reduce_mean_normalized, "mean_raw": reduce_mean_raw}
 
 
+#: name prefix -> resolver of the parameterised reductions whose names start with it (e.g. "rvs-").
+REDUCER_FAMILIES: dict[str, Callable[[str], Reducer | None]] = {}
+
+
 def register_reducer(name: str, reducer: Reducer) -> None:
-    """Make a reduction usable by name (methods register theirs, e.g. CLIP-AD's RVS variants)."""
+    """Make a reduction usable by name (call it once, at import)."""
     REDUCERS[name] = reducer
+
+
+def register_reducer_family(prefix: str, resolve: Callable[[str], Reducer | None]) -> None:
+    """Make parameterised reductions usable by name: ``resolve(name)`` gives the reduction that a name
+    starting with ``prefix`` spells, or None (e.g. CLIP-AD's RVS settings; called once, at import)."""
+    REDUCER_FAMILIES[prefix] = resolve
+
+
+def get_reducer(name: str) -> Reducer:
+    """The reduction called ``name`` (:data:`REDUCERS`, then :data:`REDUCER_FAMILIES`); nothing is registered."""
+    reducer = REDUCERS.get(name)
+    for prefix, resolve in REDUCER_FAMILIES.items():
+        if reducer is None and name.startswith(prefix):
+            reducer = resolve(name)
+    if reducer is None:
+        known = sorted(REDUCERS) + [f"{prefix}..." for prefix in sorted(REDUCER_FAMILIES)]
+        raise PromptError(f"unknown text reduction {name!r}; known: {known}")
+    return reducer
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -302,9 +324,7 @@ def sentence_embeddings(backbone: ClipBackbone, class_name: str, prompts: Prompt
 
 def reduce_anchors(embeddings: torch.Tensor, num_normal: int, reducer: str) -> torch.Tensor:
     """(P, D) sentence embeddings, normal rows first -> (D, 2) anchors (normal, abnormal) by ``reducer``."""
-    if reducer not in REDUCERS:
-        raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
-    reduce = REDUCERS[reducer]
+    reduce = get_reducer(reducer)
     return torch.stack([reduce(embeddings[:num_normal]), reduce(embeddings[num_normal:])], dim=1).float()
 
 
@@ -320,8 +340,7 @@ def text_anchors(
     Returns:
         (D, 2) float32 tensor on the backbone's device: column 0 normal, column 1 abnormal.
     """
-    if reducer not in REDUCERS:
-        raise PromptError(f"unknown text reduction {reducer!r}; known: {sorted(REDUCERS)}")
+    get_reducer(reducer)  # an unknown name fails here, before any text is encoded
     normal, abnormal = prompts.sentences(class_name)
     key = (backbone.key, method_id, " ".join(class_name.split()), prompts, reducer)
 

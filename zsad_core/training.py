@@ -22,6 +22,9 @@ Reproducibility: the data order of epoch ``e`` is a permutation drawn from ``(se
 augmentation of the ``i``-th sample of epoch ``e`` from ``(seed, e, i)``, so neither depends on
 what ran before; torch's global generator is seeded with ``seed`` too (for methods that draw
 random numbers in their forward pass). Same seed, same data, same device: same parameters.
+Images are decoded by a :class:`torch.utils.data.DataLoader` (``num_workers`` processes, default
+``min(2, CPUs)``; :func:`step_loader`) whose items are keyed by ``(epoch, position)``, so the number
+of workers does not change a single number.
 
 Files: ``out`` (a ``.safetensors`` file) is written at the end with only the learned parameters
 and metadata (settings, training data, steps, seed, zsad version; see
@@ -35,6 +38,7 @@ from it and ends with the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -43,7 +47,7 @@ import pickle
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_mask, open_dataset
+from .data import load_mask, open_dataset, split_data_specs
 from .data.masks import check_mask_size, resize_mask
+from .files import write_bytes_atomic
 from .methods.learnable import LearnableDetector
 from .preprocess import ImageError, check_resize_policy, images_to_batch, load_image
 
@@ -211,9 +216,10 @@ class TrainingData:
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, S, S) normalised image and (S, S) float mask of sample ``index``.
 
-        A sample whose image or mask cannot be used (unreadable, mask of another size) is named in a
-        warning once and replaced, then and in every later epoch, by the next usable sample, so the
-        run goes on; :attr:`unreadable` lists them (the trainer reports the count).
+        A sample whose image or mask cannot be used (unreadable, mask of another size) is recorded in
+        :attr:`unreadable` and replaced, then and in every later epoch, by the next usable sample, so
+        the run goes on (the trainer names each one in a warning once and reports the count). The
+        replacement depends only on which samples are unusable, so every worker process picks the same.
         """
         for offset in range(len(self.samples)):
             candidate = (index + offset) % len(self.samples)
@@ -223,7 +229,6 @@ class TrainingData:
                 return self._load_sample(self.samples[candidate])
             except (ImageError, OSError, ValueError) as error:
                 self.unreadable[candidate] = str(error)
-                warnings.warn(f"training: skipping {self.samples[candidate].image_path}: {error}", stacklevel=2)
         raise ValueError(f"none of the {len(self.samples)} training images can be read")
 
     def _load_sample(self, sample: TrainingSample) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,11 +262,108 @@ class TrainingData:
         self, indices: Sequence[int], epoch: int, first_position: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         """(B, 3, S, S) pixels, (B, S, S) masks, (B,) labels and B class names."""
-        items = [self.item(int(i), epoch, first_position + k) for k, i in enumerate(indices)]
-        pixels = torch.stack([image for image, _, _ in items])
-        masks = torch.stack([mask for _, mask, _ in items])
-        labels = torch.tensor([label for _, _, label in items], dtype=torch.long)
-        return pixels, masks, labels, [self.samples[int(i)].class_name for i in indices]
+        items = [
+            (*self.item(int(i), epoch, first_position + k), self.samples[int(i)].class_name, {})
+            for k, i in enumerate(indices)
+        ]
+        pixels, masks, labels, names, _ = collate_items(items)
+        return pixels, masks, labels, names
+
+
+class StepItems(torch.utils.data.Dataset):
+    """:class:`TrainingData` indexed by ``(epoch, position)``: the ``position``-th sample of ``epoch``'s
+    order (:meth:`TrainingData.epoch_order`), augmented as :meth:`TrainingData.item` draws it.
+
+    Each item also carries the samples found unusable while loading it (``{index: why}``), so that
+    the main process learns of them whichever worker process loaded it.
+    """
+
+    def __init__(self, data: TrainingData) -> None:
+        self.data = data
+        self._order_epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """``epoch``'s order (the last one is kept)."""
+        if epoch != self._order_epoch:
+            self._order_epoch, self._order = epoch, self.data.epoch_order(epoch)
+        return self._order
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, str, dict[int, str]]:
+        epoch, position = key
+        index = int(self.order(epoch)[position])
+        known = set(self.data.unreadable)
+        image, mask, label = self.data.item(index, epoch, position)
+        found = {i: why for i, why in self.data.unreadable.items() if i not in known}
+        return image, mask, label, self.data.samples[index].class_name, found
+
+
+class StepBatches:
+    """The batches of ``(epoch, position)`` keys of optimiser steps ``first_step .. total_steps - 1``.
+
+    Step ``s`` is batch ``s % batches_per_epoch`` of epoch ``s // batches_per_epoch``: positions
+    ``b * batch_size`` up to the end of the epoch's order (the last batch of an epoch may be smaller).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, first_step: int, total_steps: int) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.first_step, self.total_steps = first_step, total_steps
+        self.batches_per_epoch = math.ceil(num_samples / batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.first_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.first_step, self.total_steps):
+            epoch, batch = divmod(step, self.batches_per_epoch)
+            end = min((batch + 1) * self.batch_size, self.num_samples)
+            yield [(epoch, position) for position in range(batch * self.batch_size, end)]
+
+
+def collate_items(
+    items: list[tuple[torch.Tensor, torch.Tensor, int, str, dict[int, str]]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict[int, str]]:
+    """(B, 3, S, S) pixels, (B, S, S) masks, (B,) labels, B class names and the unusable samples found."""
+    found: dict[int, str] = {}
+    for item in items:
+        found.update(item[4])
+    pixels = torch.stack([item[0] for item in items])
+    masks = torch.stack([item[1] for item in items])
+    labels = torch.tensor([item[2] for item in items], dtype=torch.long)
+    return pixels, masks, labels, [item[3] for item in items], found
+
+
+def default_num_workers() -> int:
+    """Image-decoding worker processes of :func:`train` by default: ``min(2, CPUs)``."""
+    return min(2, os.cpu_count() or 1)
+
+
+def _seed_worker(_worker_id: int) -> None:
+    """Seed a worker's global generators from its DataLoader seed (items draw from their own seeds anyway)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_loader(
+    data: TrainingData, batch_size: int, first_step: int, total_steps: int, num_workers: int, seed: int
+) -> torch.utils.data.DataLoader:
+    """Batches of steps ``first_step .. total_steps - 1``, decoded by ``num_workers`` processes (0: here).
+
+    The order and augmentation come from ``(seed, epoch, position)`` only, so any ``num_workers``
+    gives the same batches; the loader's own generator is seeded from ``seed`` and leaves torch's
+    global generator alone (a plain DataLoader draws its base seed from it).
+    """
+    return torch.utils.data.DataLoader(
+        StepItems(data),
+        batch_sampler=StepBatches(len(data), batch_size, first_step, total_steps),
+        collate_fn=collate_items,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 # ------------------------------------------------------------------------------------ optimiser
@@ -282,9 +384,19 @@ def state_path_for(out: str | os.PathLike) -> Path:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    """``torch.save`` the resumable state to ``path`` atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _report_unreadable(data: TrainingData, found: dict[int, str], reported: set[int]) -> None:
+    """Record in ``data.unreadable`` the unusable samples a batch found, each named in a warning once."""
+    for index, why in sorted(found.items()):
+        data.unreadable.setdefault(index, why)
+        if index not in reported:
+            reported.add(index)
+            warnings.warn(f"training: skipping {data.samples[index].image_path}: {why}", stacklevel=3)
 
 
 def _cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -311,6 +423,7 @@ def train(
     progress: bool = True,
     limit: int | None = None,
     precision: str | None = None,
+    num_workers: int | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Train a learnable method's parameters on auxiliary data and save them to ``out``.
@@ -330,6 +443,8 @@ def train(
         mosaic_prob: mosaic probability for MVTec-format data (default: the method's).
         progress: show a tqdm bar with the loss.
         limit: at most this many images per category (a seeded random subset), for quick runs.
+        num_workers: processes decoding the images (default :func:`default_num_workers`; 0: in this
+            process). The results do not depend on it.
     Returns:
         Summary dict: ``steps``, ``epochs`` (completed, fractional), ``final_loss``,
         ``last_epoch_loss`` (mean over the last epoch's steps), ``losses`` (per step),
@@ -372,6 +487,9 @@ def train(
         raise ValueError(f"steps must be at least 1, got {steps}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    num_workers = default_num_workers() if num_workers is None else int(num_workers)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     optimizer_spec = dict(cls.default_optimizer)
     if lr is not None:
         if not lr > 0:
@@ -454,13 +572,14 @@ def train(
     began = time.perf_counter()
     first_step = step
     order_epoch, order = -1, torch.empty(0, dtype=torch.long)
+    reported: set[int] = set()
+    loader = step_loader(dataset, batch_size, step, total_steps, num_workers, seed)
     try:
-        while step < total_steps:
-            epoch, batch_index = divmod(step, batches_per_epoch)
+        for pixels, masks, labels, names, found in loader:
+            epoch = step // batches_per_epoch
             if epoch != order_epoch:
                 order_epoch, order = epoch, dataset.epoch_order(epoch)
-            indices = order[batch_index * batch_size : (batch_index + 1) * batch_size].tolist()
-            pixels, masks, labels, names = dataset.batch(indices, epoch, batch_index * batch_size)
+            _report_unreadable(dataset, found, reported)
             pixels = pixels.to(detector.device)
             masks, labels = masks.to(detector.device), labels.to(detector.device)
             with torch.autocast(device_type=detector.device.type, dtype=torch.float16, enabled=use_amp):
@@ -568,18 +687,6 @@ def _first_line(error: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _split_specs(value: str) -> list[str]:
-    """'mvtec:/a,visa:/b' -> ['mvtec:/a', 'visa:/b']; a comma not followed by 'format:' stays in the path."""
-    parts: list[str] = []
-    for piece in value.split(","):
-        head = piece.split(":", 1)[0]
-        if parts and not (":" in piece and head.isidentifier()):
-            parts[-1] += "," + piece
-        else:
-            parts.append(piece)
-    return [part for part in parts if part]
-
-
 def _method_from_args(args: argparse.Namespace) -> str:
     method = args.method_option or args.method
     if not method or (args.method and args.method_option and args.method != args.method_option):
@@ -625,6 +732,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--mosaic-prob", type=float, help="2x2 mosaic probability on MVTec-format data")
     parser.add_argument("--limit", type=int, help="at most N images per category (quick runs)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        help="processes decoding the images (default: min(2, CPUs); 0: none); the results do not depend on it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -637,7 +749,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(
             _method_from_args(args),
-            [spec for item in args.data for spec in _split_specs(item)],
+            split_data_specs(args.data),
             args.out,
             model=args.model,
             image_size=args.image_size,
@@ -654,6 +766,7 @@ def run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             limit=args.limit,
             precision=args.precision,
+            num_workers=args.num_workers,
         )
     except (ValueError, FileNotFoundError, WeightsNotFoundError, ModelSpecError, CheckpointMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)

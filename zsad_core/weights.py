@@ -33,13 +33,11 @@ Entries:
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backbone import WeightsNotFoundError, _hub_reachable, weights_dirs
-
-logger = logging.getLogger(__name__)
+from .backbone import WeightsNotFoundError, weights_dirs
+from .hub import cache_description, hub_fetch
 
 
 class WeightsIntegrityError(RuntimeError):
@@ -262,21 +260,10 @@ def resolve_released_weights(name: str) -> Path:
             return _verified(entry, candidate)
         looked_in.append(str(candidate))
     if entry.hub_repo:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        looked_in.append(f"the Hugging Face cache {HF_HUB_CACHE} (repo {entry.hub_repo})")
-        for local_only in (True, False):
-            if not local_only and not _hub_reachable():
-                break
-            try:
-                path = hf_hub_download(
-                    entry.hub_repo, entry.filename, revision=entry.revision, local_files_only=local_only
-                )
-            except Exception as error:  # noqa: BLE001 - the hub client raises many types; reported below
-                logger.debug("hub %s/%s (local_only=%s): %s", entry.hub_repo, entry.filename, local_only, error)
-                continue
-            return _verified(entry, Path(path))
+        looked_in.append(cache_description(entry.hub_repo))
+        path = hub_fetch(entry.hub_repo, (entry.filename,), revision=entry.revision)
+        if path is not None:
+            return _verified(entry, path)
     raise WeightsNotFoundError(
         f"Could not find the released weights '{entry.name}' ({entry.method}, trained on {entry.trained_on}).\n"
         "Looked in:\n  - " + "\n  - ".join(looked_in) + "\n"

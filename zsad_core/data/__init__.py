@@ -31,6 +31,7 @@ from .registry import (
     open_dataset,
     parse_spec,
     register_dataset_format,
+    split_data_specs,
 )
 from .synthetic import (
     SYNTHETIC_FORMATS,
@@ -60,6 +61,7 @@ __all__ = [
     "parse_spec",
     "register_dataset_format",
     "render_sample",
+    "split_data_specs",
     "write_meta_json",
     "write_synthetic_dataset",
 ]

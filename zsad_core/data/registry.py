@@ -17,6 +17,7 @@ __all__ = [
     "open_dataset",
     "parse_spec",
     "register_dataset_format",
+    "split_data_specs",
 ]
 
 Reader = Callable[..., AnomalyDataset]  # reader(root: Path, *, name: str, categories) -> AnomalyDataset
@@ -90,6 +91,35 @@ def parse_spec(spec: str | os.PathLike) -> tuple[str, Path]:
     if fmt not in _FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r} in spec {text!r}; known prefixes: {_known()}")
     return fmt, Path(path.strip()).expanduser()
+
+
+def split_data_specs(data: str | Sequence[str]) -> list[str]:
+    """Split dataset specs given as ``"mvtec:/a,visa:/b"`` (or a list of such strings) into single specs.
+
+    The one parser of ``--data`` for ``eval`` and ``train``. A comma starts a new spec only when what
+    follows begins with a registered ``<format>:`` prefix (case-insensitive), so:
+
+    - paths containing commas survive: ``"mvtec:/x,y"`` is one spec (a path piece that itself starts
+      with a format name and a colon, ``"mvtec:/x,visa:y"``, cannot be told apart: pass such specs as
+      separate list items or ``--data`` options);
+    - Windows drive letters survive: ``"folder:C:\\data,visa:D:\\visa"`` gives two specs (no format
+      is called ``c``);
+    - spaces around each spec are stripped and empty items dropped; order is kept.
+    """
+    items = [data] if isinstance(data, str) else list(data)
+    prefixes = tuple(f"{name}:" for name in list_dataset_formats())
+    specs: list[str] = []
+    for item in items:
+        current = ""
+        for piece in str(item).split(","):
+            if current and piece.strip().lower().startswith(prefixes):
+                specs.append(current.strip())
+                current = piece
+            else:
+                current = f"{current},{piece}" if current else piece
+        if current.strip():
+            specs.append(current.strip())
+    return specs
 
 
 def open_dataset(spec: str, categories: Sequence[str] | None = None) -> AnomalyDataset:

@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -65,7 +66,7 @@ from torch import nn
 from ..backbone import ClipBackbone, PlainPass
 from ..losses import dice_loss, focal_loss
 from ..postprocess import gaussian_blur, upsample_patch_maps
-from ..prompts import CLIPAD_PROMPTS, PromptSet, reduce_mean_normalized, register_reducer, text_anchors
+from ..prompts import CLIPAD_PROMPTS, PromptSet, reduce_mean_normalized, register_reducer_family, text_anchors
 from ..registry import register_method
 from ..types import AnomalyResult, MethodInfo
 from .base import AnomalyModel, Detector, MethodConfig, ModelOutput, SharedPasses
@@ -137,18 +138,35 @@ def representative_vector(
 
 
 def rvs_reducer_name(method: str, eps: float, min_samples: int, round_fp16: bool = False) -> str:
-    """Register (once) and return the text-reducer name for an RVS setting.
+    """The text-reducer name of an RVS setting (:func:`rvs_reducer` reads it back).
 
     The name is part of the text feature cache key, so every setting that changes the vector is in it.
     """
     name = f"rvs-{method}" if method != "dbscan" else f"rvs-dbscan-eps{eps}-min{min_samples}"
     rounds = round_fp16 and method != "mean"
-    name += "-fp16" if rounds else ""
-    reducer = functools.partial(
-        representative_vector, method=method, eps=eps, min_samples=min_samples, round_fp16=round_fp16
-    )
-    register_reducer(name, reducer)
-    return name
+    return name + ("-fp16" if rounds else "")
+
+
+_RVS_NAME = re.compile(
+    r"rvs-(?:(?P<method>mean_shift|mean|pca|kde)|dbscan-eps(?P<eps>.+)-min(?P<min_samples>\d+))(?P<fp16>-fp16)?"
+)
+
+
+def rvs_reducer(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The reduction that an :func:`rvs_reducer_name` name spells, or None for another name."""
+    match = _RVS_NAME.fullmatch(name)
+    if match is None:
+        return None
+    settings: dict[str, Any] = {"method": match["method"] or "dbscan", "round_fp16": match["fp16"] is not None}
+    if match["eps"] is not None:
+        try:
+            settings.update(eps=float(match["eps"]), min_samples=int(match["min_samples"]))
+        except ValueError:
+            return None
+    return functools.partial(representative_vector, **settings)
+
+
+register_reducer_family("rvs-", rvs_reducer)
 
 
 # ------------------------------------------------------------------------------ staged dual path

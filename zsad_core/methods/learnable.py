@@ -135,10 +135,6 @@ class LearnableDetector(Detector):
             "layers": json.dumps(list(self.tap_layers)),
         }
 
-    def learned_parameter_count(self) -> int:
-        """Number of trained scalars in ``self.learned``."""
-        return sum(p.numel() for p in self.learned.parameters())
-
     # ---------------------------------------------------------------------------------- save / load
     def save_checkpoint(self, path: str | os.PathLike, extra_metadata: Mapping[str, Any] | None = None) -> None:
         """Write ``self.learned``'s parameters (only those) to a safetensors file.
