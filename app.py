@@ -108,8 +108,8 @@ class AppSettings:
         max_side: larger pictures are reduced to this longer side (bounds the maps kept per session).
         max_file_size: bytes per uploaded file, as Gradio reads it ("25mb" = 25 x 1024**2); a larger
             upload is refused by the server before it is stored.
-        max_seconds: seconds of model work per request, checked between images and methods: the
-            results so far are returned with a message, and the worker is free.
+        max_seconds: seconds of model work per request, checked before each image (all methods run on
+            it together): the results so far are returned with a message, and the worker is free.
         queue_size: requests waiting at most; one more is refused at once ("Queue is full").
         concurrency: model requests run at the same time; the rest wait in the queue. Detectors are
             shared read-only, so more than one is safe; it pays only with spare cores or GPU memory.
