@@ -78,8 +78,8 @@ def test_the_plain_pass_runs_only_as_deep_as_asked_and_each_block_once(detectors
     shallow = create_detector("sdp", **SETTINGS, layers=(1, 2)).prepare("bottle")
     pixels, _ = sdp.preprocess([make_image(seed=6)])
     ran = []
-    original = backbone.block_forward
-    monkeypatch.setattr(backbone, "block_forward", lambda block, x: ran.append(block) or original(block, x))
+    original = backbone.mlp_residual  # the second half of every block run, in the plain pass and elsewhere
+    monkeypatch.setattr(backbone, "mlp_residual", lambda block, x: ran.append(block) or original(block, x))
     passes = SharedPasses()
     with torch.no_grad():
         shallow.model(pixels, shallow.text_features, passes)
@@ -88,3 +88,20 @@ def test_the_plain_pass_runs_only_as_deep_as_asked_and_each_block_once(detectors
     # WinCLIP adds the blocks the shallow pass had not run, then one pass per window scale
     assert len(ran) == backbone.num_layers * (1 + len(winclip.model.config.scales))
     assert ran[: backbone.num_layers] == list(backbone.blocks)  # the plain pass: every block once, in order
+
+
+def test_sdps_reference_aliasing_reuses_the_attention_the_plain_pass_ran(detectors: list, monkeypatch) -> None:
+    """The official aliasing reads stage ends after the next block's attention: kept while the block runs."""
+    sdp = detectors[1]
+    backbone = sdp.backbone
+    pixels, _ = sdp.preprocess([make_image(seed=8)])
+    calls = []
+    original = backbone.attention
+    monkeypatch.setattr(backbone, "attention", lambda block, hidden: calls.append(block) or original(block, hidden))
+    with torch.no_grad():
+        aliased = sdp.model(pixels, sdp.text_features)
+    assert len(calls) == max(sdp.stage_ends)  # one attention per block run, none recomputed for the aliasing
+    monkeypatch.undo()
+    clean = create_detector("sdp", **SETTINGS, reference_aliasing=False).prepare("bottle")
+    with torch.no_grad():
+        assert not torch.equal(clean.model(pixels, clean.text_features).maps, aliased.maps)

@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,14 +402,33 @@ class PlainPass:
         self._backbone = backbone
         self.embedded = backbone.embed_patches(pixels)
         self.stream = [backbone.visual.ln_pre(self.embedded)]
+        self._after_attention: dict[int, torch.Tensor] = {}
         self._pooled: torch.Tensor | None = None
 
-    def through(self, depth: int) -> list[torch.Tensor]:
-        """The stream up to the output of block ``depth`` (1-based), running the blocks still missing."""
-        blocks = self._backbone.blocks
+    def through(self, depth: int, keep: Collection[int] = ()) -> list[torch.Tensor]:
+        """The stream up to the output of block ``depth`` (1-based), running the blocks still missing.
+
+        ``keep``: 1-based blocks whose state after the attention residual (before the MLP) is kept
+        for :meth:`after_attention` while they run, so that it costs nothing.
+        """
+        backbone, blocks = self._backbone, self._backbone.blocks
         while len(self.stream) <= depth:
-            self.stream.append(self._backbone.block_forward(blocks[len(self.stream) - 1], self.stream[-1]))
+            number = len(self.stream)  # 1-based number of the block to run
+            middle = backbone.attention_residual(blocks[number - 1], self.stream[-1])
+            if number in keep:
+                self._after_attention[number] = middle
+            self.stream.append(backbone.mlp_residual(blocks[number - 1], middle))
         return self.stream
+
+    def after_attention(self, number: int) -> torch.Tensor:
+        """(B, 1+N, C) input of block ``number`` (1-based) plus its attention residual, before its MLP:
+        kept by :meth:`through` or computed now from the stream (the same numbers either way)."""
+        if number not in self._after_attention:
+            stream = self.through(number - 1)
+            self._after_attention[number] = self._backbone.attention_residual(
+                self._backbone.blocks[number - 1], stream[number - 1]
+            )
+        return self._after_attention[number]
 
     @property
     def pooled(self) -> torch.Tensor:
@@ -542,10 +561,18 @@ class ClipBackbone(nn.Module):
             return self.attention_output(block, F.scaled_dot_product_attention(q, k, v))
         return block.attention(hidden)
 
+    def attention_residual(self, block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+        """The first half of a block: ``x + ls_1(attention(ln_1(x)))``, (B, L, C) -> (B, L, C)."""
+        return x + block.ls_1(self.attention(block, block.ln_1(x)))
+
+    @staticmethod
+    def mlp_residual(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+        """The second half of a block: ``x + ls_2(mlp(ln_2(x)))``, (B, L, C) -> (B, L, C)."""
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
     def block_forward(self, block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
         """One image-tower block, ``block(x)`` with :meth:`attention`'s choice of kernel: (B, L, C) -> (B, L, C)."""
-        x = x + block.ls_1(self.attention(block, block.ln_1(x)))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+        return self.mlp_residual(block, self.attention_residual(block, x))
 
     def plain_pass(self, pixels: torch.Tensor) -> PlainPass:
         """The unchanged image tower, block by block, keeping every residual stream; lazy (:class:`PlainPass`).

@@ -214,7 +214,9 @@ def staged_dual_path(
     blocks = backbone.blocks
     surgery_tokens: list[torch.Tensor] = []
     original_tokens: list[torch.Tensor] = []
-    stream = plain.through(stage_ends[-1])
+    # The official aliasing reads each stage end (but the last) after the next block's attention residual.
+    aliased = {end + 1 for end in stage_ends[:-1]} if reference_aliasing else set()
+    stream = plain.through(stage_ends[-1], keep=aliased)
     surgery_path = torch.zeros_like(stream[0])
     for index in range(stage_ends[-1]):
         block = blocks[index]
@@ -222,10 +224,7 @@ def staged_dual_path(
         value_attended = backbone.attention_output(block, F.scaled_dot_product_attention(value, value, value))
         surgery_path = value_attended if index in stage_starts else surgery_path + value_attended
         if index + 1 in stage_ends:
-            original = stream[index + 1]
-            if reference_aliasing and index + 1 < stage_ends[-1]:  # + the next block's attention residual
-                following = blocks[index + 1]
-                original = original + following.ls_1(backbone.attention(following, following.ln_1(original)))
+            original = plain.after_attention(index + 2) if index + 2 in aliased else stream[index + 1]
             original_tokens.append(original)
             surgery_tokens.append(surgery_path)
     surgery = [
