@@ -65,8 +65,9 @@ def test_tiny_models_build_with_their_geometry(name: str) -> None:
     assert not any(parameter.requires_grad for parameter in backbone.parameters())
     assert not backbone.model.training
     pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    output = backbone.encode_image(pixels)
-    assert output.embedding.shape == (1, embed_dim) and torch.isfinite(output.embedding).all()
+    with torch.no_grad():
+        pooled = backbone.plain_pass(pixels).pooled
+    assert pooled.shape == (1, embed_dim) and torch.isfinite(pooled).all()
 
 
 def test_backbones_are_cached_per_spec() -> None:
@@ -110,7 +111,8 @@ def test_image_size_override_resizes_positional_embedding_bicubic_without_antial
     assert torch.equal(native.visual.positional_embedding, old)  # the cached native model is untouched
     tokens = resized.embed_patches(torch.zeros(2, 3, 96, 96))
     assert tokens.shape == (2, 37, 64)
-    assert resized.encode_image(torch.zeros(2, 3, 96, 96), layers=(8,)).tokens[8].shape == (2, 37, 64)
+    with torch.no_grad():
+        assert resized.plain_pass(torch.zeros(2, 3, 96, 96)).through(8)[8].shape == (2, 37, 64)
 
 
 def test_image_size_override_upsamples_too() -> None:
@@ -281,7 +283,7 @@ def test_manual_block_walk_equals_open_clip_forward() -> None:
     backbone = create_backbone("zsad-tiny", image_size=96)
     pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        output = backbone.encode_image(pixels, layers=(2, 5, 8))
+        plain = backbone.plain_pass(pixels)
         x = backbone.visual.ln_pre(backbone.embed_patches(pixels))
         walked = {}
         for index, block in enumerate(backbone.blocks, start=1):
@@ -295,13 +297,14 @@ def test_manual_block_walk_equals_open_clip_forward() -> None:
             x = block(x)
             walked[index] = x
         standard = backbone.visual(pixels)
-    assert sorted(output.tokens) == [2, 5, 8]
-    for layer, tokens in output.tokens.items():
-        torch.testing.assert_close(tokens, walked[layer], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(output.embedding, standard, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        stream, pooled = plain.through(8), plain.pooled
+    for layer in (2, 5, 8):  # the plain pass every method shares is the block walk (37 tokens: the MHA path)
+        assert torch.equal(stream[layer], walked[layer])
+    torch.testing.assert_close(pooled, standard, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(backbone.pool(walked[8]), standard, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(backbone.project_tokens(walked[8])[:, 0], standard, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(backbone.encode_image(pixels).embedding, standard)
+    assert torch.equal(pooled, backbone.pool(walked[8]))
 
 
 def test_text_forward_equals_open_clip_encode_text() -> None:

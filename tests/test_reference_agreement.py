@@ -114,7 +114,7 @@ def winclip_run() -> tuple[dict[str, np.ndarray], WinCLIP, dict[str, object]]:
         tokens = detector.backbone.embed_patches(pixels)
         windows = {k: window_indices(detector.backbone.grid_size, k) for k in (2, 3)}
         embeddings = {k: detector.model.window_embeddings(tokens, windows[k]) for k in (2, 3)}
-        image_embeddings = detector.backbone.encode_image(pixels).embedding
+        image_embeddings = detector.backbone.plain_pass(pixels).pooled
     ours = {
         "prediction": prediction,
         "anchors": anchors,

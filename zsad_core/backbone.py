@@ -372,19 +372,6 @@ def resize_positional_embedding(
     visual.grid_size = (new_grid, new_grid)
 
 
-@dataclass
-class VisualOutput:
-    """Image-tower outputs.
-
-    Attributes:
-        embedding: (B, D) global image embedding, ``ln_post(CLS) @ proj``, not normalised.
-        tokens: layer (1-based) -> (B, 1+N, C) residual-stream tokens after that block (CLS first).
-    """
-
-    embedding: torch.Tensor
-    tokens: dict[int, torch.Tensor]
-
-
 class PlainPass:
     """The unchanged image-tower forward of one batch, run lazily (see :meth:`ClipBackbone.plain_pass`).
 
@@ -585,28 +572,6 @@ class ClipBackbone(nn.Module):
             pixels: (B, 3, S, S) normalised images.
         """
         return PlainPass(self, pixels)
-
-    def encode_image(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> VisualOutput:
-        """Standard forward with intermediate tokens from ``layers`` (1-based), via open_clip.
-
-        Args:
-            pixels: (B, 3, S, S) normalised images.
-        """
-        if not layers:
-            return VisualOutput(embedding=self.visual(pixels.to(self.dtype)), tokens={})
-        out = self.visual.forward_intermediates(
-            pixels.to(self.dtype),
-            indices=[layer - 1 for layer in layers],
-            output_fmt="NLC",
-            output_extra_tokens=True,
-        )
-        tokens = {
-            layer: torch.cat([prefix, patches], dim=1)
-            for layer, prefix, patches in zip(
-                layers, out.get("image_intermediates_prefix", []), out["image_intermediates"]
-            )
-        }
-        return VisualOutput(embedding=out["image_features"], tokens=tokens)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, C) final tokens -> (B, D) global embedding ``ln_post(tokens[:, 0]) @ proj``."""
