@@ -105,3 +105,9 @@ def test_sdps_reference_aliasing_reuses_the_attention_the_plain_pass_ran(detecto
     clean = create_detector("sdp", **SETTINGS, reference_aliasing=False).prepare("bottle")
     with torch.no_grad():
         assert not torch.equal(clean.model(pixels, clean.text_features).maps, aliased.maps)
+
+
+def test_a_chunk_where_no_image_decodes_keeps_each_error_in_every_method(detectors: list) -> None:
+    outcome = detect_together(detectors[:2], [b"not an image", make_image(seed=2), b""], 1, errors="collect")
+    for results in outcome.values():
+        assert [type(item).__name__ for item in results] == ["ImageError", "AnomalyResult", "ImageError"]

@@ -421,11 +421,7 @@ class Detector(ABC):
         pixels, sizes = self.preprocess(decoded)
         resize_share = (time.perf_counter() - began) / len(sizes)
         results = self.run_batch(pixels, sizes, with_evidence=with_evidence, prepared=prepared)
-        for result, seconds in zip(results, decode_seconds):
-            result.timings["preprocess"] = seconds + resize_share
-            result.timings["total"] += seconds + resize_share
-        filled = iter(results)
-        return [outcome if outcome is not None else next(filled) for outcome in outcomes]
+        return merge_chunk(outcomes, results, decode_seconds, resize_share)
 
     def warn_if_untrained(self) -> None:
         """Methods with trained parts warn once when they run untrained; nothing to say here."""
@@ -521,6 +517,22 @@ def decode_chunk(
     return outcomes, decoded, seconds
 
 
+def merge_chunk(
+    failures: Sequence[ImageError | None],
+    results: Sequence[AnomalyResult],
+    decode_seconds: Sequence[float],
+    resize_seconds: float,
+) -> list[AnomalyResult | ImageError]:
+    """A chunk's outcomes in input order: each :func:`decode_chunk` failure in its place, the results
+    (of the decoded images, in order) in the others, with each image's decoding and its share of the
+    resize added to its ``timings`` ("preprocess", and "total")."""
+    for result, seconds in zip(results, decode_seconds):
+        result.timings["preprocess"] = seconds + resize_seconds
+        result.timings["total"] += seconds + resize_seconds
+    filled = iter(results)
+    return [failure if failure is not None else next(filled) for failure in failures]
+
+
 @torch.no_grad()
 def detect_together(
     detectors: Sequence[Detector],
@@ -568,6 +580,7 @@ def detect_together(
             if isinstance(done, Exception):
                 continue
             batch: list[AnomalyResult] = []
+            resize_seconds = 0.0  # no image of the chunk decoded: nothing to resize
             try:
                 if decoded:
                     key = (detector.preprocess_key, detector.device)
@@ -580,9 +593,5 @@ def detect_together(
             except Exception as error:  # noqa: BLE001 - one method's failure must not stop the others
                 outcomes[detector.method_id] = error
                 continue
-            for result, seconds in zip(batch, decode_seconds):
-                result.timings["preprocess"] = seconds + resize_seconds
-                result.timings["total"] += seconds + resize_seconds
-            filled = iter(batch)
-            done.extend(failure if failure is not None else next(filled) for failure in failures)
+            done.extend(merge_chunk(failures, batch, decode_seconds, resize_seconds))
     return outcomes
