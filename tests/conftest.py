@@ -75,3 +75,22 @@ def tiny_settings(method_id: str, **settings) -> dict:
     model = "zsad-tiny-14" if "-14" in get_method(method_id).info.default_model else "zsad-tiny"
     patch = 14 if model == "zsad-tiny-14" else 16
     return {"model": model, "image_size": 4 * patch, "device": "cpu", "precision": "fp32", **settings}
+
+
+def open_clip_forward(backbone, pixels: torch.Tensor, layers=()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """open_clip's own image forward, an independent reference for the backbone's block walks.
+
+    Returns:
+        (B, D) global embedding, and layer (1-based) -> (B, 1+N, C) tokens after that block (CLS first).
+    """
+    pixels = pixels.to(backbone.dtype)
+    if not layers:
+        return backbone.visual(pixels), {}
+    out = backbone.visual.forward_intermediates(
+        pixels, indices=[layer - 1 for layer in layers], output_fmt="NLC", output_extra_tokens=True
+    )
+    tokens = {
+        layer: torch.cat([prefix, patches], dim=1)
+        for layer, prefix, patches in zip(layers, out["image_intermediates_prefix"], out["image_intermediates"])
+    }
+    return out["image_features"], tokens

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import open_clip_forward
 
 from zsad_core.losses import dice_loss, focal_loss
 from zsad_core.methods.adaclip import (
@@ -108,10 +109,10 @@ def test_unprompted_image_pass_is_the_plain_backbone(settings: dict) -> None:
     pixels = random_pixels(2, seed=5)
     with torch.no_grad():
         taps, pooled = detector.model.prompted_image_pass(pixels, None)
-        plain = detector.backbone.encode_image(pixels, detector.tap_layers)
-    torch.testing.assert_close(pooled, plain.embedding, rtol=0, atol=1e-6)
+        embedding, tokens = open_clip_forward(detector.backbone, pixels, detector.tap_layers)
+    torch.testing.assert_close(pooled, embedding, rtol=0, atol=1e-6)
     for tap, layer in zip(taps, detector.tap_layers):
-        torch.testing.assert_close(tap, plain.tokens[layer][:, 1:], rtol=0, atol=1e-6)
+        torch.testing.assert_close(tap, tokens[layer][:, 1:], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("settings", [{"prompt_depth": 0}, {"branches": ""}, {"branches": "V"}])
@@ -129,7 +130,7 @@ def test_visual_prompts_are_appended_then_replaced() -> None:
     learned, backbone, length = detector.learned, detector.backbone, detector.config.prompt_length
     pixels = random_pixels(2, seed=6)
     with torch.no_grad():
-        dynamic_visual, _ = learned.dynamic_prompts(backbone.encode_image(pixels).embedding)
+        dynamic_visual, _ = learned.dynamic_prompts(open_clip_forward(backbone, pixels)[0])
         taps, pooled = detector.model.prompted_image_pass(pixels, dynamic_visual)
         x = backbone.visual.ln_pre(backbone.embed_patches(pixels))
         num_patches = x.shape[1] - 1
@@ -161,7 +162,7 @@ def test_text_hook_overwrites_positions_1_to_M_in_blocks_1_to_J_minus_1(monkeypa
     monkeypatch.setattr(backbone, "text_forward", spy)
     text = detector.text_features
     with torch.no_grad():
-        _, dynamic_text = learned.dynamic_prompts(backbone.encode_image(random_pixels(1)).embedding)
+        _, dynamic_text = learned.dynamic_prompts(open_clip_forward(backbone, random_pixels(1))[0])
         ours = detector.model.text_features([text], dynamic_text)[0][0]
     # The ids are cut after the longest sentence's end-of-text token (never shorter than 1 + M) and run as they are.
     longest = int(backbone.tokenize(sum(text.prompts.sentences(text.class_name), [])).argmax(dim=-1).max()) + 1
